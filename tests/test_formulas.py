@@ -1,0 +1,133 @@
+"""The formulas of PAPERS.md sections 1, 2 and 5, pinned against hand-computed values."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from cm import losses, precond, schedules
+
+
+def test_karras_grid_ends_and_midpoint():
+    two = schedules.karras_sigmas(2, 0.002, 80.0, 7.0, size=2)
+    np.testing.assert_allclose(two, [0.002, 80.0], rtol=1e-5)
+    three = schedules.karras_sigmas(3, 0.002, 80.0, 7.0, size=3)
+    # ((0.002^(1/7) + 80^(1/7)) / 2)^7 computed by hand (float64): 2.515219
+    np.testing.assert_allclose(three[1], 2.515219, rtol=1e-5)
+
+
+def test_karras_grid_padded_matches_unpadded_and_increases():
+    n = 11
+    padded = schedules.karras_sigmas(n, 0.002, 80.0, 7.0, size=1281)
+    ref = (
+        0.002 ** (1 / 7) + np.arange(n) / (n - 1) * (80 ** (1 / 7) - 0.002 ** (1 / 7))
+    ) ** 7
+    np.testing.assert_allclose(padded[:n], ref, rtol=1e-5)
+    assert np.all(np.diff(padded[:n]) > 0)
+    np.testing.assert_allclose(padded[n:], 80.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "step,expected",
+    [(0, 11), (49_999, 11), (50_000, 21), (100_000, 41), (150_000, 81), (200_000, 161),
+     (250_000, 321), (300_000, 641), (350_000, 1281), (399_999, 1281)],
+)
+def test_ict_curriculum_400k(step, expected):
+    assert int(schedules.ict_num_scales(step, 400_000, 10, 1280)) == expected
+
+
+def test_ict_curriculum_traced_under_jit():
+    f = jax.jit(lambda k: schedules.ict_num_scales(k, 400_000, 10, 1280))
+    assert [int(f(k)) for k in (0, 50_000, 399_999)] == [11, 21, 1281]
+    # sLCT's s1 = 640 caps at 641.
+    assert int(schedules.ict_num_scales(10**6, 400_000, 10, 640)) == 641
+
+
+def test_lognormal_index_probs_against_scipy():
+    n = 21
+    sigmas = schedules.karras_sigmas(n, 0.002, 80.0, 7.0, size=41)
+    probs = np.asarray(schedules.lognormal_index_probs(sigmas, n, -1.1, 2.0))
+    s = np.asarray(sigmas[:n], np.float64)
+    mass = erf((np.log(s[1:]) - -1.1) / (np.sqrt(2) * 2.0)) - erf(
+        (np.log(s[:-1]) - -1.1) / (np.sqrt(2) * 2.0)
+    )
+    np.testing.assert_allclose(probs[: n - 1], mass / mass.sum(), rtol=1e-4, atol=1e-7)
+    assert np.all(probs[n - 1 :] == 0)
+
+
+def test_lognormal_sign_of_p_mean():
+    """Pm = -1.1 puts the mode of the index law below sigma = 1 (the known trap is +1.1)."""
+    n = 1281
+    sigmas = schedules.karras_sigmas(n, 0.002, 80.0, 7.0, size=n)
+    probs = schedules.lognormal_index_probs(sigmas, n, -1.1, 2.0)
+    mode = int(jnp.argmax(probs / jnp.diff(jnp.log(sigmas))))
+    assert 0.2 < float(sigmas[mode]) < 0.5  # exp(-1.1) = 0.333
+
+
+def test_ct_weight():
+    np.testing.assert_allclose(schedules.ct_weight(0.5, 0.75), 4.0)
+
+
+def test_pseudo_huber_whole_vector_not_elementwise():
+    a = jnp.array([[[[3.0], [4.0]]]])  # one sample, d = 2
+    b = jnp.zeros_like(a)
+    c = 0.5
+    # sqrt(3^2 + 4^2 + 0.25) - 0.5 by hand
+    np.testing.assert_allclose(losses.pseudo_huber(a, b, c), [math.sqrt(25.25) - 0.5], rtol=1e-6)
+    elementwise = (math.sqrt(9 + 0.25) - 0.5) + (math.sqrt(16 + 0.25) - 0.5)
+    assert abs(float(losses.pseudo_huber(a, b, c)[0]) - elementwise) > 1e-2
+    np.testing.assert_allclose(losses.l2(a, b), [5.0])
+
+
+def test_huber_c_cifar():
+    np.testing.assert_allclose(losses.huber_c(32 * 32 * 3, 0.00054), 0.0299298, rtol=1e-5)
+
+
+def test_unknown_distance():
+    with pytest.raises(ValueError, match="pseudo_huber"):
+        losses.get_distance("huber")
+
+
+def test_consistency_scalings_hand_values_and_boundary():
+    c_skip, c_out, c_in = precond.consistency_scalings(jnp.float32(1.0), 0.5, 0.002)
+    np.testing.assert_allclose(c_skip, 0.25 / (0.998**2 + 0.25), rtol=1e-6)
+    np.testing.assert_allclose(c_out, 0.5 * 0.998 / math.sqrt(1.25), rtol=1e-6)
+    np.testing.assert_allclose(c_in, 1 / math.sqrt(1.25), rtol=1e-6)
+    c_skip, c_out, _ = precond.consistency_scalings(jnp.float32(0.002), 0.5, 0.002)
+    assert float(c_skip) == 1.0 and float(c_out) == 0.0
+
+
+def test_edm_scalings_hand_values():
+    c_skip, c_out, c_in = precond.edm_scalings(jnp.float32(0.5), 0.5)
+    np.testing.assert_allclose([c_skip, c_out, c_in], [0.5, 0.25 / math.sqrt(0.5), 1 / math.sqrt(0.5)], rtol=1e-6)
+
+
+def test_c_noise():
+    np.testing.assert_allclose(precond.c_noise_fourier(jnp.float32(math.e)), 0.25, rtol=1e-6)
+    np.testing.assert_allclose(precond.c_noise_positional(jnp.float32(math.e)), 250.0, rtol=1e-6)
+
+
+class _Affine:
+    """A stand-in network F(x, c_noise) = 3 x + c_noise, to check the wrapper's algebra."""
+
+    def apply(self, variables, x, c_noise, labels, train, rngs):
+        return 3.0 * x + c_noise[:, None, None, None]
+
+
+def test_consistency_function_boundary_is_exact_identity():
+    f = precond.make_denoiser(_Affine(), "consistency", "fourier", 0.5, 0.002)
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 1))
+    out = f({}, x, jnp.full((2,), 0.002, jnp.float32))
+    assert jnp.array_equal(out, x)
+
+
+def test_denoiser_combines_scalings():
+    f = precond.make_denoiser(_Affine(), "edm", "positional", 0.5, 0.002)
+    x = jnp.ones((1, 2, 2, 1))
+    s = 1.0
+    c_skip, c_out, c_in = 0.25 / 1.25, 0.5 / math.sqrt(1.25), 1 / math.sqrt(1.25)
+    expected = c_skip * 1 + c_out * (3 * c_in + 250 * math.log(s))
+    np.testing.assert_allclose(f({}, x, jnp.array([s])), expected, rtol=1e-6)
