@@ -22,9 +22,7 @@ def test_karras_grid_ends_and_midpoint():
 def test_karras_grid_padded_matches_unpadded_and_increases():
     n = 11
     padded = schedules.karras_sigmas(n, 0.002, 80.0, 7.0, size=1281)
-    ref = (
-        0.002 ** (1 / 7) + np.arange(n) / (n - 1) * (80 ** (1 / 7) - 0.002 ** (1 / 7))
-    ) ** 7
+    ref = (0.002 ** (1 / 7) + np.arange(n) / (n - 1) * (80 ** (1 / 7) - 0.002 ** (1 / 7))) ** 7
     np.testing.assert_allclose(padded[:n], ref, rtol=1e-5)
     assert np.all(np.diff(padded[:n]) > 0)
     np.testing.assert_allclose(padded[n:], 80.0, rtol=1e-5)
@@ -32,8 +30,18 @@ def test_karras_grid_padded_matches_unpadded_and_increases():
 
 @pytest.mark.parametrize(
     "step,expected",
-    [(0, 11), (49_999, 11), (50_000, 21), (100_000, 41), (150_000, 81), (200_000, 161),
-     (250_000, 321), (300_000, 641), (350_000, 1281), (399_999, 1281)],
+    [
+        (0, 11),
+        (49_999, 11),
+        (50_000, 21),
+        (100_000, 41),
+        (150_000, 81),
+        (200_000, 161),
+        (250_000, 321),
+        (300_000, 641),
+        (350_000, 1281),
+        (399_999, 1281),
+    ],
 )
 def test_ict_curriculum_400k(step, expected):
     assert int(schedules.ict_num_scales(step, 400_000, 10, 1280)) == expected
@@ -102,7 +110,9 @@ def test_consistency_scalings_hand_values_and_boundary():
 
 def test_edm_scalings_hand_values():
     c_skip, c_out, c_in = precond.edm_scalings(jnp.float32(0.5), 0.5)
-    np.testing.assert_allclose([c_skip, c_out, c_in], [0.5, 0.25 / math.sqrt(0.5), 1 / math.sqrt(0.5)], rtol=1e-6)
+    np.testing.assert_allclose(
+        [c_skip, c_out, c_in], [0.5, 0.25 / math.sqrt(0.5), 1 / math.sqrt(0.5)], rtol=1e-6
+    )
 
 
 def test_c_noise():

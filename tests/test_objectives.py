@@ -9,8 +9,16 @@ import numpy as np
 from cm import losses, objectives, schedules
 
 ICT = dict(
-    total_steps=400_000, s0=10, s1=1280, sigma_min=0.002, sigma_max=80.0, rho=7.0,
-    p_mean=-1.1, p_std=2.0, distance=losses.pseudo_huber, c_factor=0.00054,
+    total_steps=400_000,
+    s0=10,
+    s1=1280,
+    sigma_min=0.002,
+    sigma_max=80.0,
+    rho=7.0,
+    p_mean=-1.1,
+    p_std=2.0,
+    distance=losses.pseudo_huber,
+    c_factor=0.00054,
 )
 
 
@@ -31,7 +39,7 @@ def _replay_pair(rng, step, b, shape):
 
 
 def test_ict_loss_value_with_identity_network():
-    """With f(x, s) = x the loss is mean_b (sqrt((s_hi - s_lo)^2 ||z||^2 + c^2) - c) / (s_hi - s_lo)."""
+    """With f(x, s) = x: loss = mean_b (sqrt(gap^2 ||z||^2 + c^2) - c) / gap, gap = s_hi - s_lo."""
     identity = lambda params, x, sigma, labels, train, rng: x
     batch, rng, step = _batch(), jax.random.key(7), 60_000
     loss, metrics = objectives.ict_loss(identity, {}, batch, rng, step, **ICT)
@@ -64,19 +72,25 @@ def test_ict_student_at_upper_teacher_at_lower_level_same_z_and_dropout_key():
 
 
 def test_no_gradient_flows_through_teacher():
-    """grad of the iCT loss == grad of the same loss with the teacher output frozen as a constant."""
+    """grad of the iCT loss == grad of the same loss with the teacher output frozen."""
     w = {"w": jnp.array(1.3)}
-    net = lambda p, x, sigma, labels, train, rng: p["w"] * x * (1 + 0.1 * sigma[:, None, None, None])
+    net = lambda p, x, sigma, labels, train, rng: (
+        p["w"] * x * (1 + 0.1 * sigma[:, None, None, None])
+    )
     batch, rng = _batch(), jax.random.key(5)
     grad_full = jax.grad(lambda p: objectives.ict_loss(net, p, batch, rng, 0, **ICT)[0])(w)
 
     s_lo, s_hi, z = _replay_pair(rng, 0, 6, batch["image"].shape)
     x = batch["image"]
-    teacher = net(w, x + s_lo[:, None, None, None] * z, jnp.asarray(s_lo, jnp.float32), None, True, None)
+    teacher = net(
+        w, x + s_lo[:, None, None, None] * z, jnp.asarray(s_lo, jnp.float32), None, True, None
+    )
     c = 0.00054 * math.sqrt(48)
 
     def student_only(p):
-        student = net(p, x + s_hi[:, None, None, None] * z, jnp.asarray(s_hi, jnp.float32), None, True, None)
+        student = net(
+            p, x + s_hi[:, None, None, None] * z, jnp.asarray(s_hi, jnp.float32), None, True, None
+        )
         d = losses.pseudo_huber(student, teacher, c)
         return jnp.mean(d / jnp.asarray(s_hi - s_lo, jnp.float32))
 
@@ -85,8 +99,22 @@ def test_no_gradient_flows_through_teacher():
     # If the teacher were differentiated too, the gradient would differ.
     both = lambda p: jnp.mean(
         losses.pseudo_huber(
-            net(p, x + s_hi[:, None, None, None] * z, jnp.asarray(s_hi, jnp.float32), None, True, None),
-            net(p, x + s_lo[:, None, None, None] * z, jnp.asarray(s_lo, jnp.float32), None, True, None),
+            net(
+                p,
+                x + s_hi[:, None, None, None] * z,
+                jnp.asarray(s_hi, jnp.float32),
+                None,
+                True,
+                None,
+            ),
+            net(
+                p,
+                x + s_lo[:, None, None, None] * z,
+                jnp.asarray(s_lo, jnp.float32),
+                None,
+                True,
+                None,
+            ),
             c,
         )
         / jnp.asarray(s_hi - s_lo, jnp.float32)

@@ -1,0 +1,1 @@
+"""Consistency models and diffusion models in JAX: iCT, sLCT, EDM, LCSC."""

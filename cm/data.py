@@ -1,0 +1,379 @@
+"""Training images: where they come from, which ones form the batch at a step, and prefetching.
+
+Sources (`config.data.name`, one loader each in `LOADERS`):
+  digits  scikit-learn's 8x8 digits with labels, shipped inside scikit-learn, so the demo
+          downloads nothing; split "train" = the first 1500 images, "test" = the other 297.
+  tfds    a tensorflow_datasets dataset prepared beforehand in the array_record format and read
+          by random access (`tfds.data_source`); each process reads only its own rows.
+  npz     a local .npz file with 'images' uint8 [N,H,W,C] (or [N,H,W]) and optional 'labels'.
+  folder  a local folder of png/jpg/jpeg/webp files, searched recursively; class subfolders
+          give labels; each image is center-cropped, resized and decoded when first read.
+
+Every source is random access (`Source.get(indices)`), so the order of the data is ours to
+choose: the batch at training step `step` is a pure function of (seed, step) built from one
+permutation per epoch (`global_batch_indices`). Resuming a run needs no saved iterator: the
+data state IS the step. Each of the P processes takes its contiguous B/P rows of that global
+batch, and the flip decisions depend on the global row, so the global batch does not depend
+on how many processes read it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import queue
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+DIGITS_TRAIN_SIZE = 1500  # digits "train" = images [0, 1500), "test" = [1500, 1797)
+_FLIP_STREAM = 0x466C6970  # separates the flip random stream from the permutation streams
+
+
+class Source(Protocol):
+    """Random access to N labelled images."""
+
+    num_classes: int  # labels lie in [0, num_classes); 1 for unlabelled data (all zeros)
+
+    def __len__(self) -> int: ...
+
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images uint8 [n,H,W,C] and labels int32 [n] (zeros if unlabelled) at `indices` [n]."""
+        ...
+
+
+class ArraySource:
+    """Images and labels held in memory (digits, npz)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None):
+        if images.ndim == 3:
+            images = images[..., None]  # [N,H,W] -> [N,H,W,1]
+        self.images = images  # uint8 [N,H,W,C]
+        n = len(images)
+        self.labels = np.zeros(n, np.int32) if labels is None else labels.astype(np.int32)  # [N]
+        self.num_classes = int(self.labels.max()) + 1 if n else 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get(self, indices):
+        return self.images[indices], self.labels[indices]
+
+
+class TfdsSource:
+    """Random access to one split of a prepared tfds dataset (array_record files)."""
+
+    def __init__(self, data_source, num_classes: int):
+        self._ds = data_source  # tfds ArrayRecordDataSource: records are dicts of numpy arrays
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return len(self._ds)
+
+    def get(self, indices):
+        keys = [int(i) for i in indices]
+        getitems = getattr(self._ds, "__getitems__", None)  # one batched read where available
+        records = getitems(keys) if getitems else [self._ds[k] for k in keys]
+        images = np.stack([np.asarray(r["image"], np.uint8) for r in records])  # [n,H,W,C]
+        if images.ndim == 3:
+            images = images[..., None]
+        labels = np.array([r.get("label", 0) for r in records], np.int32)  # [n]
+        return images, labels
+
+
+class FolderSource:
+    """Image files under a folder; decoded lazily per index, with an in-memory cache.
+
+    If every image lies inside a subfolder, the label is the index of its top-level subfolder
+    in sorted order (an ImageNet-style layout); otherwise every label is 0.
+    """
+
+    def __init__(self, root: str, image_size: int, channels: int, cache_bytes: int = 1 << 30):
+        paths = []
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames.sort()
+            paths += [
+                os.path.join(dirpath, f)
+                for f in sorted(filenames)
+                if f.lower().endswith(IMAGE_EXTENSIONS)
+            ]
+        self.paths = paths
+        parts = [os.path.relpath(p, root).split(os.sep) for p in paths]
+        labelled = bool(parts) and all(len(q) > 1 for q in parts)  # every file in a subfolder
+        self.class_names = sorted({q[0] for q in parts}) if labelled else []
+        index = {name: i for i, name in enumerate(self.class_names)}
+        self.labels = np.array([index.get(q[0], 0) for q in parts], np.int32)  # [N]
+        self.num_classes = max(len(self.class_names), 1)
+        self.image_size, self.mode = image_size, {1: "L", 3: "RGB"}[channels]
+        # Cache decoded images up to cache_bytes: a small folder is read from disk only once.
+        cache_size = max(1, cache_bytes // (image_size * image_size * channels))
+        self._load = functools.lru_cache(maxsize=cache_size)(self._load_uncached)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _load_uncached(self, i: int) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            im = im.convert(self.mode)
+            w, h = im.size
+            s = min(w, h)
+            box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+            size = (self.image_size, self.image_size)
+            im = im.resize(size, Image.Resampling.LANCZOS, box=box)  # center crop + resize
+            x = np.asarray(im, np.uint8)
+        return x[..., None] if x.ndim == 2 else x  # [S,S,C]
+
+    def get(self, indices):
+        images = np.stack([self._load(int(i)) for i in indices])  # [n,S,S,C]
+        return images, self.labels[indices]
+
+
+def _load_digits(cfg) -> Source:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # [1797,8,8] in 0..255
+    splits = {"train": slice(0, DIGITS_TRAIN_SIZE), "test": slice(DIGITS_TRAIN_SIZE, None)}
+    if cfg.split not in splits:
+        raise ValueError(
+            f"data.split={cfg.split!r} is not a digits split; use one of {list(splits)}."
+        )
+    s = splits[cfg.split]
+    source = ArraySource(images[s], digits.target[s])
+    source.num_classes = 10
+    return source
+
+
+def tfds_prepare_command(name: str, data_dir: str) -> str:
+    """The shell command that prepares tfds dataset `name` under `data_dir` for random access."""
+    return f"tfds build {name} --data_dir={data_dir} --file_format=array_record"
+
+
+def _load_tfds(cfg) -> Source:
+    import tensorflow_datasets as tfds
+
+    if not cfg.tfds_name:
+        raise ValueError("data.name='tfds' needs data.tfds_name, e.g. 'cifar10'.")
+    try:
+        builder = tfds.builder(cfg.tfds_name, data_dir=cfg.tfds_dir or None)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(
+            f"data.tfds_name={cfg.tfds_name!r} is not a tfds dataset; see the catalog at "
+            "https://www.tensorflow.org/datasets/catalog/overview."
+        ) from None
+    root = str(builder.data_dir_root)
+    python_cmd = (
+        f"python -c \"import tensorflow_datasets as tfds; tfds.builder('{cfg.tfds_name}', "
+        f"data_dir='{root}', file_format='array_record').download_and_prepare()\""
+    )
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"tfds dataset {cfg.tfds_name!r} is not prepared in {root}: prepare it on a machine "
+            f"with internet with `{tfds_prepare_command(cfg.tfds_name, root)}` "
+            f"(or `{python_cmd}`), copy {root} to where every process can read it and set "
+            "data.tfds_dir to it."
+        )
+    file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
+    if file_format != "array_record":
+        raise ValueError(
+            f"tfds dataset {cfg.tfds_name!r} in {builder.data_dir} is stored as {file_format}, "
+            "which has no random access: prepare it again into another data.tfds_dir with "
+            f"`{tfds_prepare_command(cfg.tfds_name, '<DIR>')}`."
+        )
+    if any(part.split("[")[0] not in builder.info.splits for part in cfg.split.split("+")):
+        raise ValueError(
+            f"data.split={cfg.split!r} is not a split of {cfg.tfds_name!r}; "
+            f"use one of {sorted(builder.info.splits)}."
+        )
+    features = builder.info.features
+    # A ClassLabel feature knows its number of classes; unlabelled data reads as label 0.
+    num_classes = getattr(features["label"], "num_classes", 1) if "label" in features else 1
+    return TfdsSource(builder.as_data_source(split=cfg.split), num_classes)
+
+
+def _load_npz(cfg) -> Source:
+    expected = "'images' uint8 [N,H,W,C] or [N,H,W] and optional 'labels' int [N]"
+    if not cfg.path or not os.path.isfile(cfg.path):
+        raise FileNotFoundError(f"data.path={cfg.path!r} is not an .npz file with {expected}.")
+    with np.load(cfg.path) as f:
+        arrays = {k: f[k] for k in f.files}
+    images, labels = arrays.get("images"), arrays.get("labels")
+    if images is None or images.dtype != np.uint8 or images.ndim not in (3, 4):
+        found = {k: f"{v.dtype}{list(v.shape)}" for k, v in arrays.items()}
+        raise ValueError(f"{cfg.path} holds {found}; it needs {expected}.")
+    return ArraySource(images, labels)
+
+
+def _load_folder(cfg) -> Source:
+    if not cfg.path or not os.path.isdir(cfg.path):
+        raise FileNotFoundError(f"data.path={cfg.path!r} is not a folder of image files.")
+    if cfg.channels not in (1, 3):
+        raise ValueError(f"data.channels={cfg.channels} must be 1 (grayscale) or 3 (RGB).")
+    source = FolderSource(cfg.path, cfg.image_size, cfg.channels)
+    if not len(source):
+        raise FileNotFoundError(f"data.path={cfg.path!r} holds no {'/'.join(IMAGE_EXTENSIONS)}.")
+    return source
+
+
+LOADERS: dict[str, Callable[..., Source]] = {
+    "digits": _load_digits,
+    "tfds": _load_tfds,
+    "npz": _load_npz,
+    "folder": _load_folder,
+}
+
+
+def image_shape(data_config) -> tuple[int, int, int]:
+    """(H, W, C) of the images the config asks for."""
+    return (data_config.image_size, data_config.image_size, data_config.channels)
+
+
+def load_source(data_config) -> Source:
+    """The `Source` named by `data_config.name`, checked against the configured image shape."""
+    if data_config.name not in LOADERS:
+        raise ValueError(f"data.name={data_config.name!r} is unknown; use one of {list(LOADERS)}.")
+    source = LOADERS[data_config.name](data_config)
+    if not len(source):
+        raise ValueError(f"data.name={data_config.name!r} gave an empty dataset.")
+    got = source.get(np.array([0]))[0].shape[1:]
+    want = image_shape(data_config)
+    if got != want:
+        raise ValueError(
+            f"The {data_config.name} images have shape {got} but the config expects {want}; "
+            "set data.image_size and data.channels to match the data."
+        )
+    if data_config.num_classes and source.num_classes > data_config.num_classes:
+        raise ValueError(
+            f"The {data_config.name} data has {source.num_classes} classes but "
+            f"data.num_classes={data_config.num_classes}; raise it (or set 0 for no labels)."
+        )
+    return source
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    perm = np.random.default_rng((seed, epoch)).permutation(num_examples)  # int64 [N]
+    perm.flags.writeable = False  # shared through the cache
+    return perm
+
+
+def global_batch_indices(step: int, global_batch: int, num_examples: int, seed: int) -> np.ndarray:
+    """Example indices int64 [global_batch] of the batch at `step`: a pure function of its inputs.
+
+    The examples form an endless stream of per-epoch permutations; the batch at `step` is
+    positions [step*B, (step+1)*B) of it, and may straddle an epoch boundary.
+    """
+    start, stop = step * global_batch, (step + 1) * global_batch
+    parts = []
+    for epoch in range(start // num_examples, (stop - 1) // num_examples + 1):
+        lo = max(start - epoch * num_examples, 0)
+        hi = min(stop - epoch * num_examples, num_examples)
+        parts.append(_epoch_permutation(seed, epoch, num_examples)[lo:hi])
+    return np.concatenate(parts).astype(np.int64)
+
+
+def batch_at(
+    source: Source,
+    step: int,
+    global_batch: int,
+    seed: int,
+    random_flip: bool,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> dict[str, np.ndarray]:
+    """This process's rows of the global batch at `step`: image float32 [b,H,W,C] in [-1, 1] and
+    label int32 [b], b = global_batch / process_count, rows [p*b, (p+1)*b) of the global batch."""
+    if global_batch % process_count:
+        raise ValueError(
+            f"training.batch_size={global_batch} must be divisible by the number of processes, "
+            f"{process_count}."
+        )
+    b = global_batch // process_count
+    rows = slice(process_index * b, (process_index + 1) * b)
+    indices = global_batch_indices(step, global_batch, len(source), seed)[rows]  # [b]
+    images, labels = source.get(indices)  # uint8 [b,H,W,C], int32 [b]
+    if random_flip:
+        # One draw per global row, so the decisions do not depend on the process count.
+        flip = np.random.default_rng((seed, _FLIP_STREAM, step)).random(global_batch) < 0.5
+        images = np.where(flip[rows, None, None, None], images[:, :, ::-1], images)
+    image = images.astype(np.float32) / 127.5 - 1.0  # [b,H,W,C] in [-1, 1]
+    return {"image": image, "label": labels.astype(np.int32)}
+
+
+class BatchIterator:
+    """`batch_at(step)` for step = start_step, start_step + 1, ..., computed ahead in a thread.
+
+    `step` is the step of the batch the next `__next__` returns, so a checkpoint of the train
+    step is all that is needed to restart the same stream.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        start_step: int,
+        global_batch: int,
+        seed: int,
+        random_flip: bool,
+        process_index: int = 0,
+        process_count: int = 1,
+        prefetch: int = 2,
+    ):
+        self.step = start_step
+        self._make = functools.partial(
+            batch_at,
+            source,
+            global_batch=global_batch,
+            seed=seed,
+            random_flip=random_flip,
+            process_index=process_index,
+            process_count=process_count,
+        )
+        self._queue: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(start_step,), daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def _produce(self, step: int) -> None:
+        try:
+            while self._put(self._make(step)):
+                step += 1
+        except Exception as e:  # handed to the consumer, raised by __next__
+            self._put(e)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._stop.is_set():
+            raise StopIteration
+        item = self._queue.get()
+        if isinstance(item, Exception):
+            self.close()
+            raise item
+        self.step += 1
+        return item
+
+    def close(self) -> None:
+        """Stop the thread; later `__next__` calls raise StopIteration."""
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,115 @@
+"""Builds the pieces of a run from its config: mesh, network, denoiser, loss, optimizer, state.
+
+The config is read here (at the edge); everything returned is a pure function or a value.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cm import objectives, precond, sampling, state
+from cm.models import build_model
+
+
+def make_mesh() -> Mesh:
+    """One 'data' axis over every device of every process."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def image_shape(config) -> tuple[int, int, int]:
+    return (config.data.image_size, config.data.image_size, config.data.channels)
+
+
+def num_label_classes(config) -> int:
+    """Classes the network is conditioned on (0 = unconditional)."""
+    return config.data.num_classes if config.model.use_labels else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    model: Any
+    denoise: Any  # (params, x, sigma, labels, train, dropout_rng) -> f or D
+    loss_fn: Any  # (params, batch, rng, step) -> (loss, metrics)
+    tx: Any
+    mesh: Mesh
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    @property
+    def data_sharded(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P("data"))
+
+
+def build(config) -> Experiment:
+    objectives.check_method(config.method.name)
+    model = build_model(config)
+    denoise = precond.make_denoiser(
+        model,
+        objectives.PRECONDITIONING[config.method.name],
+        config.model.embedding,
+        config.method.sigma_data,
+        config.method.sigma_min,
+    )
+    return Experiment(
+        model=model,
+        denoise=denoise,
+        loss_fn=objectives.make_objective(config, denoise),
+        tx=state.make_optimizer(config.optim),
+        mesh=make_mesh(),
+    )
+
+
+def init_params(exp: Experiment, config):
+    """Network parameters from fold_in(key(seed), 'init'), identical on every process."""
+    h, w, c = image_shape(config)
+    x = jnp.zeros((1, h, w, c), jnp.float32)
+    labels = jnp.zeros((1,), jnp.int32) if num_label_classes(config) else None
+    rng = jax.random.fold_in(jax.random.key(config.seed), 0x1417)
+    return exp.model.init({"params": rng}, x, jnp.zeros((1,)), labels, train=False)["params"]
+
+
+def init_state(exp: Experiment, config) -> state.TrainState:
+    """A fresh replicated train state, built directly on the devices."""
+
+    def make():
+        return state.create(init_params(exp, config), exp.tx, len(config.training.ema_rates))
+
+    return jax.jit(make, out_shardings=exp.replicated)()
+
+
+def abstract_state(exp: Experiment, config):
+    """Shapes, dtypes and shardings of the train state, for restoring without allocating it."""
+    shapes = jax.eval_shape(
+        lambda: state.create(init_params(exp, config), exp.tx, len(config.training.ema_rates))
+    )
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=exp.replicated), shapes
+    )
+
+
+def samplers(config, exp: Experiment) -> dict:
+    """Named data-parallel samplers for the run's method: consistency 1/2-step, or EDM Heun."""
+    shape, classes = image_shape(config), num_label_classes(config)
+    if config.method.name == "edm":
+        specs = {f"heun{config.sampling.heun_steps}": ("heun", ())}
+    else:
+        specs = {
+            f"{len(levels) + 1}step": ("consistency", tuple(levels))
+            for levels in config.sampling.consistency_levels
+        }
+    return {
+        name: sampling.make_parallel_sampler(
+            sampling.sampler_from_config(config, exp.denoise, kind, levels),
+            exp.mesh,
+            shape,
+            classes,
+        )
+        for name, (kind, levels) in specs.items()
+    }

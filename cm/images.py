@@ -1,0 +1,28 @@
+"""Image grids for humans: uint8 batches tiled into one picture and written as PNG."""
+
+import math
+
+import numpy as np
+from PIL import Image
+
+
+def make_grid(images, columns: int | None = None, pad: int = 1):
+    """uint8 [N, H, W, C] -> uint8 [rows*(H+pad)+pad, cols*(W+pad)+pad, C] tiled grid."""
+    n, h, w, c = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    grid = np.zeros((rows * (h + pad) + pad, columns * (w + pad) + pad, c), np.uint8)
+    for k in range(n):
+        r, q = divmod(k, columns)
+        grid[
+            pad + r * (h + pad) : pad + r * (h + pad) + h,
+            pad + q * (w + pad) : pad + q * (w + pad) + w,
+        ] = images[k]
+    return grid
+
+
+def save_png(path: str, grid, upscale: int = 1):
+    """Writes a uint8 [H, W, C] image, nearest-neighbour upscaled so small images stay visible."""
+    if upscale > 1:
+        grid = grid.repeat(upscale, axis=0).repeat(upscale, axis=1)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)

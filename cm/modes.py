@@ -1,0 +1,75 @@
+"""What `launch.py --mode=...` runs: one function of (config, workdir) per mode."""
+
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from cm import experiment, images, sampling, train
+from cm.checkpoint import Checkpointer
+from cm.models import param_table
+
+
+def summary(config, workdir: str):
+    """Prints the per-module parameter table; ends with 'parameters: N'. Trains nothing."""
+    del workdir
+    exp = experiment.build(config)
+    shapes = jax.eval_shape(lambda: experiment.init_params(exp, config))
+    table = param_table(shapes)
+    print(table)
+    return table
+
+
+def restore_for_sampling(config, workdir: str):
+    """(params to sample from, step) of the newest full checkpoint in workdir."""
+    exp = experiment.build(config)
+    ckpt = Checkpointer(workdir, config.training.keep_checkpoints, config.to_dict())
+    step = ckpt.latest_step()
+    if step is None:
+        raise FileNotFoundError(
+            f"No checkpoint in {os.path.join(workdir, 'checkpoints')}; train first with the same "
+            "--config and --workdir and --mode=train."
+        )
+    train_state = ckpt.restore(experiment.abstract_state(exp, config))
+    ckpt.close()
+    return exp, train.sampling_params(train_state, config.sampling.params), step
+
+
+def sample(config, workdir: str):
+    """sampling.num_samples uint8 samples per sampler -> samples/<name>_step<k>.npz and .png."""
+    exp, params, step = restore_for_sampling(config, workdir)
+    s = config.sampling
+    out_dir = os.path.join(workdir, "samples")
+    written = {}
+    for name, sampler in experiment.samplers(config, exp).items():
+        progress = _progress_printer(name) if jax.process_index() == 0 else None
+        pics, labels = sampling.generate(
+            sampler, params, s.seed, s.num_samples, s.batch_size, progress
+        )
+        if jax.process_index() == 0:
+            os.makedirs(out_dir, exist_ok=True)
+            stem = os.path.join(out_dir, f"{name}_step{step:08d}")
+            np.savez(stem + ".npz", images=pics, labels=labels)
+            upscale = max(1, 128 // config.data.image_size)
+            images.save_png(stem + ".png", images.make_grid(pics[:100]), upscale)
+            logging.info("Wrote %d samples to %s.npz", len(pics), stem)
+            print(f"{name}: {len(pics)} samples -> {stem}.npz, {stem}.png")
+        written[name] = (pics, labels)
+    return written
+
+
+def _progress_printer(name: str):
+    def report(done: int, total: int):
+        print(f"\r{name}: {done}/{total} samples", end="\n" if done >= total else "", flush=True)
+
+    return report
+
+
+MODES = {"train": train.train_and_evaluate, "sample": sample, "summary": summary}
+
+
+def run(mode: str, config, workdir: str):
+    if mode not in MODES:
+        raise ValueError(f"Unknown --mode {mode!r}; valid: {sorted(MODES)}.")
+    return MODES[mode](config, workdir)

@@ -1,0 +1,160 @@
+"""The training loop: one jitted, donated, data-parallel step per call; logs, checkpoints, grids.
+
+Randomness is fold_in(key(seed), step) and the data order is a function of the step, so a run
+killed at any moment resumes from its last checkpoint exactly as if it had never stopped.
+"""
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from cm import data, experiment, images, sampling, state
+from cm.checkpoint import Checkpointer
+
+
+def make_train_step(exp: experiment.Experiment, ema_rates, seed: int):
+    """jit(step_fn) with replicated donated state and a batch sharded over 'data'."""
+
+    def step_fn(train_state: state.TrainState, batch):
+        rng = jax.random.fold_in(jax.random.key(seed), train_state.step)
+        grad_fn = jax.value_and_grad(exp.loss_fn, has_aux=True)
+        (_, metrics), grads = grad_fn(train_state.params, batch, rng, train_state.step)
+        updates, opt_state = exp.tx.update(grads, train_state.opt_state, train_state.params)
+        params = optax.apply_updates(train_state.params, updates)
+        new_state = train_state.replace(
+            step=train_state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            ema=state.update_emas(train_state.ema, params, ema_rates),
+        )
+        return new_state, {**metrics, "grad_norm": optax.global_norm(grads)}
+
+    return jax.jit(
+        step_fn,
+        in_shardings=(exp.replicated, exp.data_sharded),
+        out_shardings=(exp.replicated, exp.replicated),
+        donate_argnums=(0,),
+    )
+
+
+def global_batch(local_batch: dict, exp: experiment.Experiment) -> dict:
+    """This process's rows -> one global array per key, sharded over 'data'."""
+    return {
+        k: jax.make_array_from_process_local_data(exp.data_sharded, v)
+        for k, v in local_batch.items()
+    }
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def check_batch_size(config):
+    batch, devices = config.training.batch_size, jax.device_count()
+    if batch % devices:
+        raise ValueError(
+            f"training.batch_size {batch} is not a multiple of the {devices} devices; "
+            "set --config.training.batch_size to a multiple."
+        )
+
+
+def sampling_params(train_state: state.TrainState, which: str):
+    """The parameters to sample from: the first EMA, or the online ones."""
+    if which == "ema" and train_state.ema:
+        return train_state.ema[0]
+    if which in ("ema", "online"):
+        return train_state.params
+    raise ValueError(f"Unknown sampling.params {which!r}; valid: ['ema', 'online'].")
+
+
+def write_sample_grids(config, exp, samplers, params, step: int, workdir: str, writer):
+    """PNG grids in workdir/samples and TensorBoard images, one per sampler."""
+    n = config.training.grid_samples
+    batch = math.ceil(n / jax.device_count()) * jax.device_count()
+    out_dir = os.path.join(workdir, "samples")
+    for name, sampler in samplers.items():
+        pics, _ = sampling.generate(sampler, params, config.sampling.seed, n, batch)
+        grid = images.make_grid(pics)
+        if jax.process_index() == 0:
+            os.makedirs(out_dir, exist_ok=True)
+            upscale = max(1, 128 // config.data.image_size)
+            images.save_png(os.path.join(out_dir, f"step{step:08d}_{name}.png"), grid, upscale)
+        writer.write_images(step, {f"samples/{name}": grid[None]})
+
+
+def train_and_evaluate(config, workdir: str):
+    """Trains config.training.num_steps steps in workdir, resuming from its last checkpoint."""
+    t = config.training
+    check_batch_size(config)
+    source = data.load_source(config.data)
+    exp = experiment.build(config)
+    ckpt = Checkpointer(workdir, t.keep_checkpoints, config.to_dict())
+    if ckpt.latest_step() is not None:
+        train_state = ckpt.restore(experiment.abstract_state(exp, config))
+        logging.info("Resumed from step %d in %s.", int(train_state.step), workdir)
+    else:
+        train_state = experiment.init_state(exp, config)
+    start = int(train_state.step)
+
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    if start == 0:
+        writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
+    progress = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer)
+    step_fn = make_train_step(exp, tuple(t.ema_rates), config.seed)
+    samplers = experiment.samplers(config, exp)
+    batches = data.BatchIterator(
+        source,
+        start,
+        t.batch_size,
+        config.seed,
+        config.data.random_flip,
+        jax.process_index(),
+        jax.process_count(),
+    )
+    last_good = ckpt.latest_step()
+    try:
+        for step in range(start + 1, t.num_steps + 1):  # `step` = steps done after this one
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                train_state, metrics = step_fn(train_state, global_batch(next(batches), exp))
+            progress(step)
+            is_last = step == t.num_steps
+            if step % t.log_every == 0 or is_last:
+                metrics = jax.device_get(metrics)
+                _nan_guard(float(metrics["loss"]), step, workdir, last_good)
+                writer.write_scalars(step, {k: float(v) for k, v in metrics.items()})
+            if t.snapshot_every and step % t.snapshot_every == 0:
+                _nan_guard_state(train_state, step, workdir, last_good)
+                ckpt.save_snapshot(step, train_state.params, train_state.ema)
+            if step % t.checkpoint_every == 0 or is_last:
+                _nan_guard_state(train_state, step, workdir, last_good)
+                ckpt.save(step, train_state)
+                last_good = step
+            if (t.sample_every and step % t.sample_every == 0) or is_last:
+                params = sampling_params(train_state, config.sampling.params)
+                write_sample_grids(config, exp, samplers, params, step, workdir, writer)
+    finally:
+        batches.close()
+        ckpt.close()
+        writer.flush()
+    return train_state
+
+
+def _nan_guard(loss: float, step: int, workdir: str, last_good):
+    if not np.isfinite(loss):
+        raise FloatingPointError(
+            f"The loss became {loss} at step {step}; training stopped and the last good "
+            f"checkpoint (step {last_good}) in {workdir} is kept: lower optim.learning_rate or "
+            "set optim.grad_clip, then rerun the same command to resume from it."
+        )
+
+
+def _nan_guard_state(train_state, step: int, workdir: str, last_good):
+    if not bool(_all_finite((train_state.params, train_state.ema))):
+        _nan_guard(float("nan"), step, workdir, last_good)

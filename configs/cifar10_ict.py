@@ -1,0 +1,47 @@
+"""iCT on CIFAR-10 (PAPERS.md section 2): NCSN++, batch 1024, 400k steps, RAdam 1e-4.
+
+    python launch.py --config=configs/cifar10_ict.py --workdir=gs://bucket/cifar10_ict
+    python launch.py --config=configs/cifar10_ict.py:deep --workdir=...   # iCT-deep
+
+Prepare the data once: `tfds build cifar10 --data_dir=DIR`, then --config.data.tfds_dir=DIR.
+"""
+
+from configs.common import base_config
+
+
+def get_config(arg=None):
+    c = base_config()
+    c.data.name = "tfds"
+    c.data.tfds_name = "cifar10"
+    c.data.image_size = 32
+    c.data.channels = 3
+    c.data.num_classes = 10
+    c.data.random_flip = True
+
+    c.model.channels = 128
+    c.model.channel_mult = (2, 2, 2)
+    c.model.num_blocks = 8 if arg == "deep" else 4
+    c.model.attn_resolutions = (16,)
+    c.model.dropout = 0.3
+    c.model.embedding = "fourier"
+    c.model.fourier_scale = 0.02
+    c.model.use_labels = False
+
+    c.method.name = "ict"
+    c.method.s0 = 10
+    c.method.s1 = 1280
+    c.method.p_mean = -1.1
+    c.method.p_std = 2.0
+    c.method.distance = "pseudo_huber"
+
+    c.optim.name = "radam"
+    c.optim.learning_rate = 1e-4
+
+    c.training.batch_size = 1024
+    c.training.num_steps = 400_000
+    c.training.ema_rates = (0.99993,)
+
+    c.sampling.num_samples = 50_000
+    c.sampling.batch_size = 1024
+    c.sampling.consistency_levels = ((), (0.821,))
+    return c

@@ -1,0 +1,43 @@
+"""CPU demo: class-conditional iCT on scikit-learn's 8x8 digits, a few minutes on 2 cores.
+
+python launch.py --config=configs/demo.py --workdir=runs/demo
+"""
+
+from configs.common import base_config
+
+
+def get_config(arg=None):
+    del arg
+    c = base_config()
+    c.data.name = "digits"
+    c.data.image_size = 8
+    c.data.channels = 1
+    c.data.num_classes = 10
+
+    c.model.channels = 32
+    c.model.channel_mult = (1, 2)
+    c.model.num_blocks = 1
+    c.model.attn_resolutions = ()
+    c.model.embedding = "positional"
+    c.model.num_groups = 8
+    c.model.dropout = 0.0
+
+    c.method.name = "ict"
+    c.method.s1 = 1280
+
+    c.optim.learning_rate = 2e-3
+    c.optim.name = "radam"
+
+    c.training.batch_size = 128
+    c.training.num_steps = 4000
+    c.training.ema_rates = (0.999,)
+    c.training.log_every = 100
+    c.training.checkpoint_every = 1000
+    c.training.snapshot_every = 250
+    c.training.sample_every = 1000
+    c.training.grid_samples = 100
+
+    c.sampling.num_samples = 100
+    c.sampling.batch_size = 100
+    c.sampling.consistency_levels = ((), (0.821,))
+    return c

@@ -1,0 +1,78 @@
+"""Entry point: the same command on a laptop, a GPU node, or every host of a TPU pod.
+
+python launch.py --config=configs/demo.py --workdir=runs/demo [--mode=train|sample|summary]
+python launch.py --config=configs/cifar10_ict.py --workdir=W --config.training.batch_size=512
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+_MODE = flags.DEFINE_string("mode", "train", "train | sample | summary.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, to start several processes by hand."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a by-hand start.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a by-hand start.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# Environment variables that mean "this is one process of several" (TPU pods, SLURM, Open MPI).
+_CLUSTER_HINTS = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE")
+
+
+def _start_distributed():
+    """jax.distributed on several processes; nothing on one."""
+    import jax
+
+    if _COORDINATOR.value:
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    elif (
+        any(os.environ.get(k) for k in _CLUSTER_HINTS)
+        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    ):
+        jax.distributed.initialize()
+
+
+def _hide_accelerators_from_tensorflow():
+    """TensorFlow (used by tfds and TensorBoard writers) must not grab GPU or TPU memory."""
+    try:
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")
+        tf.config.set_visible_devices([], "TPU")
+    except (ImportError, RuntimeError, ValueError):
+        pass
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _hide_accelerators_from_tensorflow()
+    _start_distributed()
+    import jax
+
+    from cm import modes
+
+    logging.info(
+        "JAX process %d of %d, %d local devices of %d.",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    try:
+        modes.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        # A user error: one sentence, no traceback (CM_TRACEBACK=1 shows it). The workdir is kept.
+        if os.environ.get("CM_TRACEBACK"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
