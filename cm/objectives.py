@@ -31,7 +31,7 @@ def ict_loss(
     distance,
     c_factor: float,
 ):
-    """iCT loss (PAPERS.md section 2): mean over the batch of lambda(sigma_i) d(f_student, f_teacher).
+    """iCT loss (PAPERS.md section 2): batch mean of lambda(sigma_i) d(f_student, f_teacher).
 
     One z per sample; the student sees x + sigma_{i+1} z, the teacher (same parameters under
     stop_gradient, same dropout key, training mode) sees x + sigma_i z.
@@ -61,7 +61,7 @@ def ict_loss(
 
 
 def edm_loss(denoise, params, batch, rng, step, *, p_mean: float, p_std: float, sigma_data: float):
-    """EDM loss (PAPERS.md section 5): ln sigma ~ N(Pm, Ps^2), weight (s^2+sd^2)/(s sd)^2, MSE to x."""
+    """EDM loss (PAPERS.md section 5): ln s ~ N(Pm, Ps^2), weight (s^2+sd^2)/(s sd)^2, MSE to x."""
     del step
     x, labels = batch["image"], batch.get("label")  # [B, H, W, C], [B]
     k_sigma, k_noise, k_dropout = jax.random.split(rng, 3)

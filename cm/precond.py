@@ -50,9 +50,13 @@ def make_denoiser(model, kind: str, embedding: str, sigma_data: float, sigma_min
     scalings, c_noise = SCALINGS[kind], C_NOISE[embedding]
 
     def denoise(params, x, sigma, labels=None, train=False, dropout_rng=None):
-        c_skip, c_out, c_in = (s[:, None, None, None] for s in scalings(sigma, sigma_data, sigma_min))
+        c_skip, c_out, c_in = (
+            s[:, None, None, None] for s in scalings(sigma, sigma_data, sigma_min)
+        )
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-        out = model.apply({"params": params}, c_in * x, c_noise(sigma), labels, train=train, rngs=rngs)
+        out = model.apply(
+            {"params": params}, c_in * x, c_noise(sigma), labels, train=train, rngs=rngs
+        )
         return c_skip * x + c_out * out.astype(x.dtype)
 
     return denoise
