@@ -16,9 +16,9 @@ from cm import objectives, precond, sampling, state
 from cm.models import build_model
 
 
-def make_mesh() -> Mesh:
-    """One 'data' axis over every device of every process."""
-    return Mesh(np.asarray(jax.devices()), ("data",))
+def make_mesh(devices=None) -> Mesh:
+    """One 'data' axis over every device of every process (or over `devices`)."""
+    return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
 
 
 def image_shape(config) -> tuple[int, int, int]:
@@ -47,7 +47,7 @@ class Experiment:
         return NamedSharding(self.mesh, P("data"))
 
 
-def build(config) -> Experiment:
+def build(config, devices=None) -> Experiment:
     objectives.check_method(config.method.name)
     model = build_model(config)
     denoise = precond.make_denoiser(
@@ -62,7 +62,7 @@ def build(config) -> Experiment:
         denoise=denoise,
         loss_fn=objectives.make_objective(config, denoise),
         tx=state.make_optimizer(config.optim),
-        mesh=make_mesh(),
+        mesh=make_mesh(devices),
     )
 
 

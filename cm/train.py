@@ -56,8 +56,8 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def check_batch_size(config):
-    batch, devices = config.training.batch_size, jax.device_count()
+def check_batch_size(config, devices: int):
+    batch = config.training.batch_size
     if batch % devices:
         raise ValueError(
             f"training.batch_size {batch} is not a multiple of the {devices} devices; "
@@ -92,9 +92,9 @@ def write_sample_grids(config, exp, samplers, params, step: int, workdir: str, w
 def train_and_evaluate(config, workdir: str):
     """Trains config.training.num_steps steps in workdir, resuming from its last checkpoint."""
     t = config.training
-    check_batch_size(config)
     source = data.load_source(config.data)
     exp = experiment.build(config)
+    check_batch_size(config, exp.mesh.size)
     ckpt = Checkpointer(workdir, t.keep_checkpoints, config.to_dict())
     if ckpt.latest_step() is not None:
         train_state = ckpt.restore(experiment.abstract_state(exp, config))
@@ -124,7 +124,7 @@ def train_and_evaluate(config, workdir: str):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 train_state, metrics = step_fn(train_state, global_batch(next(batches), exp))
             progress(step)
-            is_last = step == t.num_steps
+            is_last = step == t.num_steps or step - start == t.steps_per_run
             if step % t.log_every == 0 or is_last:
                 metrics = jax.device_get(metrics)
                 _nan_guard(float(metrics["loss"]), step, workdir, last_good)
@@ -136,9 +136,11 @@ def train_and_evaluate(config, workdir: str):
                 _nan_guard_state(train_state, step, workdir, last_good)
                 ckpt.save(step, train_state)
                 last_good = step
-            if (t.sample_every and step % t.sample_every == 0) or is_last:
+            if t.sample_every and (step % t.sample_every == 0 or is_last):
                 params = sampling_params(train_state, config.sampling.params)
                 write_sample_grids(config, exp, samplers, params, step, workdir, writer)
+            if is_last:
+                break
     finally:
         batches.close()
         ckpt.close()

@@ -66,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.snapshot_every = 1000  # parameter-only stream (online + EMA), kept forever; 0 = off
     c.training.sample_every = 10_000  # 0 = off
     c.training.grid_samples = 64
+    # Stop (with a checkpoint) after this many steps in one process, 0 = run to num_steps: for
+    # clusters with job time limits; the same command resumes.
+    c.training.steps_per_run = 0
 
     c.sampling = ml_collections.ConfigDict()
     c.sampling.num_samples = 64

@@ -14,12 +14,12 @@ def get_config(arg=None):
     c.data.channels = 1
     c.data.num_classes = 10
 
-    c.model.channels = 32
+    c.model.channels = 16
     c.model.channel_mult = (1, 2)
     c.model.num_blocks = 1
     c.model.attn_resolutions = ()
     c.model.embedding = "positional"
-    c.model.num_groups = 8
+    c.model.num_groups = 4
     c.model.dropout = 0.0
 
     c.method.name = "ict"
@@ -28,8 +28,8 @@ def get_config(arg=None):
     c.optim.learning_rate = 2e-3
     c.optim.name = "radam"
 
-    c.training.batch_size = 128
-    c.training.num_steps = 4000
+    c.training.batch_size = 64
+    c.training.num_steps = 3000
     c.training.ema_rates = (0.999,)
     c.training.log_every = 100
     c.training.checkpoint_every = 1000

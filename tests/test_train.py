@@ -1,0 +1,158 @@
+"""The training spine: outputs, data parallelism, exact resume, NaN guard, config checks, modes."""
+
+import os
+import subprocess
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from helpers import launch_cmd, subprocess_env, tiny_config
+
+from cm import data, experiment, modes, train
+from cm import state as state_lib
+from cm.models import count_params
+
+
+def _ls(path):
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def _saved_params(workdir, step):
+    path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "default")
+    return ocp.StandardCheckpointer().restore(path)["params"]
+
+
+def test_train_writes_checkpoints_snapshots_grids_and_logs(tmp_path):
+    c = tiny_config()
+    c.training.sample_every = 2
+    state = train.train_and_evaluate(c, str(tmp_path))
+    assert int(state.step) == 4
+    assert _ls(tmp_path / "checkpoints") == ["2", "4"]
+    assert _ls(tmp_path / "snapshots") == ["1", "2", "3", "4"]
+    snap = ocp.StandardCheckpointer().restore(str(tmp_path / "snapshots" / "3" / "default"))
+    assert set(snap) == {"params", "ema"} and len(snap["ema"]) == 1
+    assert "step00000004_1step.png" in _ls(tmp_path / "samples")
+    assert "step00000004_2step.png" in _ls(tmp_path / "samples")
+    assert any(f.startswith("events.out.tfevents") for f in _ls(tmp_path))
+    gaps = [
+        np.abs(e - p).max() for e, p in zip(*map(jax.tree.leaves, (state.ema[0], state.params)))
+    ]
+    assert max(gaps) > 0  # the EMA lags the online parameters
+
+
+def test_ema_update_by_hand():
+    emas = state_lib.update_emas(({"w": np.array(2.0)},), {"w": np.array(4.0)}, (0.75,))
+    np.testing.assert_allclose(emas[0]["w"], 0.75 * 2 + 0.25 * 4)
+
+
+def _run_steps(config, devices, steps):
+    exp = experiment.build(config, devices)
+    step_fn = train.make_train_step(exp, tuple(config.training.ema_rates), config.seed)
+    state = experiment.init_state(exp, config)
+    source = data.load_source(config.data)
+    losses = []
+    for k in range(steps):
+        local = data.batch_at(source, k, config.training.batch_size, config.seed, True)
+        state, metrics = step_fn(state, train.global_batch(local, exp))
+        losses.append(float(metrics["loss"]))
+    return jax.device_get(state.params), losses
+
+
+def test_four_devices_equal_one_device():
+    assert jax.device_count() == 4
+    c = tiny_config()
+    c.model.dropout = 0.2  # dropout masks must not depend on the sharding either
+    one, loss_one = _run_steps(c, jax.devices()[:1], 3)
+    four, loss_four = _run_steps(c, jax.devices(), 3)
+    np.testing.assert_allclose(loss_one, loss_four, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_resume_in_fresh_process_is_exact(tmp_path):
+    """4 steps straight == 2 steps, a new process, then the same command again."""
+    env = subprocess_env(devices=2)
+    steps = ["--config.training.num_steps=4", "--config.training.checkpoint_every=100"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    subprocess.run(launch_cmd(straight, *steps), env=env, check=True, capture_output=True)
+    first = launch_cmd(resumed, *steps, "--config.training.steps_per_run=2")
+    subprocess.run(first, env=env, check=True, capture_output=True)
+    assert _ls(resumed / "checkpoints") == ["2"]
+    subprocess.run(launch_cmd(resumed, *steps), env=env, check=True, capture_output=True)
+    assert _ls(resumed / "checkpoints") == ["2", "4"]
+    a, b = _saved_params(straight, 4), _saved_params(resumed, 4)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
+    c = tiny_config()
+    c.training.num_steps = 2
+    train.train_and_evaluate(c, str(tmp_path))
+    before = _saved_params(tmp_path, 2)
+    c.training.num_steps = 4
+    c.optim.learning_rate = float("nan")
+    with pytest.raises(FloatingPointError, match=r"at step 3.*last good checkpoint \(step 2\)"):
+        train.train_and_evaluate(c, str(tmp_path))
+    assert _ls(tmp_path / "checkpoints") == ["2"]
+    after = _saved_params(tmp_path, 2)
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_incompatible_config_is_refused_and_workdir_kept(tmp_path):
+    c = tiny_config()
+    c.training.num_steps = 2
+    train.train_and_evaluate(c, str(tmp_path))
+    files = sorted(str(p) for p in tmp_path.rglob("*"))
+    c.model.channels = 16
+    with pytest.raises(ValueError, match=r"incompatible config \(model: .*--config.model"):
+        train.train_and_evaluate(c, str(tmp_path))
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == files
+
+
+def test_sample_mode_writes_uint8_npz_and_grid(tmp_path):
+    c = tiny_config()
+    c.training.num_steps = 2
+    train.train_and_evaluate(c, str(tmp_path))
+    c.sampling.params = "online"
+    out = modes.sample(c, str(tmp_path))
+    assert set(out) == {"1step", "2step"}
+    saved = np.load(tmp_path / "samples" / "2step_step00000002.npz")
+    assert saved["images"].shape == (8, 8, 8, 1) and saved["images"].dtype == np.uint8
+    assert saved["labels"].shape == (8,)
+    assert os.path.exists(tmp_path / "samples" / "1step_step00000002.png")
+    # Each of the 4 devices draws with its own key: no two device shards are equal.
+    shards = saved["images"].reshape(4, 2, -1)
+    assert all(not np.array_equal(shards[i], shards[j]) for i in range(4) for j in range(i))
+
+
+def test_summary_mode_ends_with_parameter_count(capsys):
+    c = tiny_config()
+    table = modes.summary(c, "unused")
+    exp = experiment.build(c)
+    n = count_params(jax.eval_shape(lambda: experiment.init_params(exp, c)))
+    assert table.splitlines()[-1] == f"parameters: {n}"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"parameters: {n}"
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--mode=fly"], "Unknown --mode 'fly'; valid: ['sample', 'summary', 'train']"),
+        (["--config.model.norm=batch"], "Unknown"),
+        (["--config.data.name=tfds", "--config.data.tfds_name=cifar10"], "tfds"),
+    ],
+)
+def test_launch_user_errors_are_one_sentence(tmp_path, args, expected):
+    proc = subprocess.run(
+        launch_cmd(tmp_path / "w", "--config.data.tfds_dir=" + str(tmp_path / "tfds"), *args),
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last
+    assert "Traceback" not in proc.stderr
