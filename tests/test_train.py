@@ -36,7 +36,8 @@ def test_train_writes_checkpoints_snapshots_grids_and_logs(tmp_path):
     assert "step00000004_2step.png" in _ls(tmp_path / "samples")
     assert any(f.startswith("events.out.tfevents") for f in _ls(tmp_path))
     gaps = [
-        np.abs(e - p).max() for e, p in zip(*map(jax.tree.leaves, (state.ema[0], state.params)))
+        np.abs(e - p).max()
+        for e, p in zip(*map(jax.tree.leaves, (state.ema[0], state.params)), strict=True)
     ]
     assert max(gaps) > 0  # the EMA lags the online parameters
 
