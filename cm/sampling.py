@@ -9,6 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -101,13 +102,14 @@ def sampler_from_config(config, denoise, kind: str, levels=()):
 def make_parallel_sampler(sample_fn, mesh, image_shape, num_classes: int):
     """jit(shard_map(...)): global_batch samples, each device drawing with its own key.
 
-    Returns fn(params, rng, global_batch) -> (images float32 [B, H, W, C], labels int32 [B]),
-    both sharded over the 'data' axis. Labels are uniform random classes (zeros if unlabeled).
+    Returns fn(params, rng, global_batch, ordered=False) -> (images float32 [B, H, W, C],
+    labels int32 [B]), both sharded over 'data'. Labels are uniform random classes, or with
+    ordered=True the class index cycling over the batch (for grids); zeros if unlabeled.
     """
     num_devices = mesh.shape["data"]
 
     @functools.cache
-    def compiled(global_batch: int):
+    def compiled(global_batch: int, ordered: bool):
         if global_batch % num_devices:
             raise ValueError(
                 f"sampling.batch_size {global_batch} is not a multiple of the {num_devices} "
@@ -118,7 +120,12 @@ def make_parallel_sampler(sample_fn, mesh, image_shape, num_classes: int):
         def per_device(params, rng):
             rng = jax.random.fold_in(rng, jax.lax.axis_index("data"))
             k_label, k_sample = jax.random.split(rng)
-            labels = jax.random.randint(k_label, (local,), 0, num_classes) if num_classes else None
+            labels = None
+            if num_classes and ordered:
+                first = jax.lax.axis_index("data") * local
+                labels = (first + jnp.arange(local)) % num_classes
+            elif num_classes:
+                labels = jax.random.randint(k_label, (local,), 0, num_classes)
             x = sample_fn(params, k_sample, labels, (local, *image_shape))
             if labels is None:
                 labels = jnp.zeros((local,), jnp.int32)
@@ -130,7 +137,9 @@ def make_parallel_sampler(sample_fn, mesh, image_shape, num_classes: int):
         replicated = NamedSharding(mesh, P())
         return jax.jit(mapped, in_shardings=(replicated, replicated))
 
-    return lambda params, rng, global_batch: compiled(global_batch)(params, rng)
+    return lambda params, rng, global_batch, ordered=False: compiled(global_batch, ordered)(
+        params, rng
+    )
 
 
 def to_uint8(x):
@@ -138,14 +147,12 @@ def to_uint8(x):
     return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def generate(parallel_sampler, params, seed: int, num_samples: int, batch_size: int, progress=None):
+def generate(parallel_sampler, params, seed, num_samples, batch_size, progress=None, ordered=False):
     """num_samples uint8 images [N, H, W, C] and labels [N] on every host, batch by batch."""
-    from jax.experimental import multihost_utils
-
     images, labels = [], []
     for index in range(-(-num_samples // batch_size)):
         rng = jax.random.fold_in(jax.random.key(seed), index)
-        x, y = parallel_sampler(params, rng, batch_size)
+        x, y = parallel_sampler(params, rng, batch_size, ordered)
         x, y = multihost_utils.process_allgather((x, y), tiled=True)
         images.append(to_uint8(x))
         labels.append(np.asarray(y))

@@ -77,11 +77,12 @@ def sampling_params(train_state: state.TrainState, which: str):
 def write_sample_grids(config, exp, samplers, params, step: int, workdir: str, writer):
     """PNG grids in workdir/samples and TensorBoard images, one per sampler."""
     n = config.training.grid_samples
-    batch = math.ceil(n / jax.device_count()) * jax.device_count()
+    devices = exp.mesh.size
+    batch = math.ceil(n / devices) * devices
     out_dir = os.path.join(workdir, "samples")
     for name, sampler in samplers.items():
-        pics, _ = sampling.generate(sampler, params, config.sampling.seed, n, batch)
-        grid = images.make_grid(pics)
+        pics, _ = sampling.generate(sampler, params, config.sampling.seed, n, batch, ordered=True)
+        grid = images.make_grid(pics, columns=config.data.num_classes or None)
         if jax.process_index() == 0:
             os.makedirs(out_dir, exist_ok=True)
             upscale = max(1, 128 // config.data.image_size)
