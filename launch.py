@@ -4,6 +4,7 @@ python launch.py --config=configs/demo.py --workdir=runs/demo [--mode=train|samp
 python launch.py --config=configs/cifar10_ict.py --workdir=W --config.training.batch_size=512
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -48,9 +49,19 @@ def _hide_accelerators_from_tensorflow():
         pass
 
 
+def _quiet_library_info_logs():
+    """Orbax logs every checkpoint phase at INFO; keep its warnings, drop the rest."""
+
+    def keep(record) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+    logging.get_absl_handler().addFilter(keep)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _quiet_library_info_logs()
     _hide_accelerators_from_tensorflow()
     _start_distributed()
     import jax
@@ -74,5 +85,22 @@ def main(argv):
         sys.exit(2)
 
 
+def _parse_flags(argv):
+    """absl flag parsing, with a misspelled --config.a.b override reported in one sentence."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        inner = e
+        while isinstance(inner, BaseException) and inner.args:
+            inner = inner.args[0]
+        hint = str(inner).replace("\n", " ")
+        print(
+            f"error: unknown config field in a --config.* override ({hint}); "
+            "configs/common.py lists every field.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

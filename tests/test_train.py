@@ -147,6 +147,7 @@ def test_summary_mode_ends_with_parameter_count(capsys):
     [
         (["--mode=fly"], "Unknown --mode 'fly'; valid: ['sample', 'summary', 'train']"),
         (["--config.model.norm=batch"], "Unknown"),
+        (["--config.model.chanels=3"], 'Did you mean "channels"'),
         (["--config.data.name=tfds", "--config.data.tfds_name=cifar10"], "tfds"),
     ],
 )
