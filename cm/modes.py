@@ -8,6 +8,7 @@ from absl import logging
 
 from cm import experiment, images, sampling, train
 from cm.checkpoint import Checkpointer
+from cm.evaluation import run as evaluation
 from cm.models import param_table
 
 
@@ -59,6 +60,18 @@ def sample(config, workdir: str):
     return written
 
 
+def evaluate(config, workdir: str):
+    """FID / IS / precision-recall (or the digits metric) of each sampler of the newest
+    checkpoint, on eval.num_samples samples -> eval/metrics_step<k>.json, TensorBoard, grids."""
+    exp, params, step = restore_for_sampling(config, workdir)
+    return evaluation.evaluate(config, workdir, exp, params, step)
+
+
+def fid_stats(config, workdir: str):
+    """Inception reference statistics of config.data -> eval.stats_path (or the workdir)."""
+    return evaluation.write_reference_stats(config, workdir)
+
+
 def _progress_printer(name: str):
     def report(done: int, total: int):
         print(f"\r{name}: {done}/{total} samples", end="\n" if done >= total else "", flush=True)
@@ -66,7 +79,13 @@ def _progress_printer(name: str):
     return report
 
 
-MODES = {"train": train.train_and_evaluate, "sample": sample, "summary": summary}
+MODES = {
+    "train": train.train_and_evaluate,
+    "sample": sample,
+    "summary": summary,
+    "eval": evaluate,
+    "fid_stats": fid_stats,
+}
 
 
 def run(mode: str, config, workdir: str):

@@ -16,6 +16,7 @@ from clu import metric_writers, periodic_actions
 
 from cm import data, experiment, images, sampling, state
 from cm.checkpoint import Checkpointer
+from cm.evaluation.run import periodic as periodic_eval
 
 
 def make_train_step(exp: experiment.Experiment, ema_rates, seed: int):
@@ -110,6 +111,7 @@ def train_and_evaluate(config, workdir: str):
     progress = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer)
     step_fn = make_train_step(exp, tuple(t.ema_rates), config.seed)
     samplers = experiment.samplers(config, exp)
+    evaluate = periodic_eval(config, exp, samplers, workdir)  # None unless eval.every > 0
     batches = data.BatchIterator(
         source,
         start,
@@ -140,6 +142,9 @@ def train_and_evaluate(config, workdir: str):
             if t.sample_every and (step % t.sample_every == 0 or is_last):
                 params = sampling_params(train_state, config.sampling.params)
                 write_sample_grids(config, exp, samplers, params, step, workdir, writer)
+            if evaluate and (step % config.eval.every == 0 or step == t.num_steps):
+                params = sampling_params(train_state, config.sampling.params)
+                writer.write_scalars(step, evaluate(params))
             if is_last:
                 break
     finally:

@@ -21,12 +21,17 @@ def get_config(arg=None):
     c.data.num_classes = 10
     c.data.random_flip = True
 
+    # DDPM++ (PAPERS.md section 6): 55,732,739 parameters.
+    c.model.name = "unet"
     c.model.channels = 128
     c.model.channel_mult = (2, 2, 2)
     c.model.num_blocks = 4
     c.model.attn_resolutions = (16,)
     c.model.dropout = 0.13
     c.model.embedding = "positional"
+    c.model.noise_mult = 1
+    c.model.encoder_type = "standard"
+    c.model.resample_filter = (1, 1)
     c.model.use_labels = False
 
     c.method.name = "edm"

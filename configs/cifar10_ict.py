@@ -18,6 +18,8 @@ def get_config(arg=None):
     c.data.num_classes = 10
     c.data.random_flip = True
 
+    # NCSN++ (PAPERS.md section 6): 56,395,523 parameters; deep: 97,610,499.
+    c.model.name = "unet"
     c.model.channels = 128
     c.model.channel_mult = (2, 2, 2)
     c.model.num_blocks = 8 if arg == "deep" else 4
@@ -25,6 +27,9 @@ def get_config(arg=None):
     c.model.dropout = 0.3
     c.model.embedding = "fourier"
     c.model.fourier_scale = 0.02
+    c.model.noise_mult = 2
+    c.model.encoder_type = "residual"
+    c.model.resample_filter = (1, 3, 3, 1)
     c.model.use_labels = False
 
     c.method.name = "ict"

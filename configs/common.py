@@ -20,14 +20,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.random_flip = False
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "unet"
+    c.model.name = "unet"  # unet (DDPM++ / NCSN++) | adm (keys of cm.models.MODELS)
     c.model.channels = 32
     c.model.channel_mult = (1, 2)
     c.model.num_blocks = 2
     c.model.attn_resolutions = (4,)
     c.model.dropout = 0.0
+    c.model.dropout_max_resolution = 0  # dropout only at heights <= this; 0 = everywhere
     c.model.embedding = "positional"  # positional | fourier
     c.model.fourier_scale = 16.0
+    c.model.noise_mult = 1  # noise-embedding width = noise_mult * channels (NCSN++: 2)
+    c.model.encoder_type = "standard"  # standard | residual (NCSN++'s progressive input)
+    c.model.resample_filter = (1, 1)  # FIR filter of resampling blocks (NCSN++: (1, 3, 3, 1))
     c.model.norm = "group"  # group | nsln
     c.model.num_groups = 32
     c.model.use_labels = True  # condition on data.num_classes labels when > 0
@@ -81,4 +85,44 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.s_noise = 1.0
     c.sampling.params = "ema"  # ema | online
     c.sampling.seed = 1
+
+    # --mode=eval, --mode=fid_stats and periodic evaluation in training (PAPERS.md section 7).
+    c.eval = ml_collections.ConfigDict()
+    # Comma-separated: inception (FID, IS, precision/recall), digits (classifier features).
+    # "" = digits on the digits data, inception otherwise.
+    c.eval.metrics = ""
+    c.eval.num_samples = 50_000  # per sampler, the published protocol
+    c.eval.inception_path = "~/.cache/cm/pt_inception-2015-12-05-6726825d.pth"
+    c.eval.stats_path = ""  # reference statistics; "" = <workdir>/fid_stats/<data id>.npz
+    c.eval.batch_size = 256  # Inception images per call, global (rounded up to the devices)
+    c.eval.is_splits = 10
+    c.eval.pr_k = 3  # k-th neighbour radius for precision/recall
+    c.eval.pr_samples = 10_000  # real and generated features for precision/recall; 0 = off
+    c.eval.sqrtm_eps = 1e-6  # added to the covariances' diagonals when sqrtm is not finite
+    c.eval.grid_samples = 100
+    c.eval.digits_classifier_path = ""  # "" = ~/.cache/cm/digits_classifier_<hash>.npz
+    c.eval.every = 0  # training steps between periodic evaluations; 0 = off
+    c.eval.train_num_samples = 5000  # samples per sampler in a periodic evaluation
+    return c
+
+
+def slct_latent_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Sets `c` to sLCT's latent network (PAPERS.md section 3) and returns it.
+
+    ADM on Stable Diffusion VAE latents (4 x 32 x 32): 128 channels, multipliers (1, 2, 3, 4),
+    4 blocks per level, attention at 16 and 8 with 64 channels per head, dropout 0, positional
+    embedding, NsLN in place of every GroupNorm (151,325,956 parameters with GroupNorm).
+    Labels follow c.model.use_labels and c.data.num_classes, which the caller sets.
+    """
+    c.data.image_size = 32
+    c.data.channels = 4
+    c.model.name = "adm"
+    c.model.channels = 128
+    c.model.channel_mult = (1, 2, 3, 4)
+    c.model.num_blocks = 4
+    c.model.attn_resolutions = (16, 8)
+    c.model.dropout = 0.0
+    c.model.dropout_max_resolution = 0
+    c.model.embedding = "positional"
+    c.model.norm = "nsln"
     return c

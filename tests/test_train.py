@@ -145,7 +145,10 @@ def test_summary_mode_ends_with_parameter_count(capsys):
 @pytest.mark.parametrize(
     "args,expected",
     [
-        (["--mode=fly"], "Unknown --mode 'fly'; valid: ['sample', 'summary', 'train']"),
+        (
+            ["--mode=fly"],
+            "Unknown --mode 'fly'; valid: ['eval', 'fid_stats', 'sample', 'summary', 'train']",
+        ),
         (["--config.model.norm=batch"], "Unknown"),
         (["--config.model.chanels=3"], 'Did you mean "channels"'),
         (["--config.data.name=tfds", "--config.data.tfds_name=cifar10"], "tfds"),

@@ -1,6 +1,9 @@
 """Networks of `cm`: `build_model(config)` and parameter-count helpers.
 
-MODELS maps config.model.name to a constructor; it is the only place a model name is resolved.
+MODELS maps config.model.name to a constructor; it is the only place a model name is resolved:
+  unet  the DDPM++ / NCSN++ family (EDM's SongUNet); NCSN++ is encoder_type="residual",
+        embedding="fourier", noise_mult=2, resample_filter=(1, 3, 3, 1).
+  adm   ADM (EDM's DhariwalUNet), the same U-Net with ADM's settings (adm.py).
 """
 
 from collections.abc import Mapping
@@ -9,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cm.models.adm import adm_unet
 from cm.models.unet import UNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -26,17 +30,22 @@ def _num_classes(config) -> int:
     return n if config.model.use_labels and n > 0 else 0
 
 
-def _unet(config) -> UNet:
+def _fields(config) -> dict:
+    """The U-Net fields every architecture takes from config.model and config.data."""
     m = config.model
-    return UNet(
+    return dict(
         out_channels=config.data.channels,
         channels=m.channels,
         channel_mult=tuple(m.channel_mult),
         num_blocks=m.num_blocks,
         attn_resolutions=tuple(m.attn_resolutions),
         dropout=m.dropout,
+        dropout_max_resolution=m.dropout_max_resolution,
         embedding=m.embedding,
         fourier_scale=m.fourier_scale,
+        noise_mult=m.noise_mult,
+        encoder_type=m.encoder_type,
+        resample_filter=tuple(m.resample_filter),
         norm=m.norm,
         num_groups=m.num_groups,
         num_classes=_num_classes(config),
@@ -44,7 +53,10 @@ def _unet(config) -> UNet:
     )
 
 
-MODELS = {"unet": _unet}
+MODELS = {
+    "unet": lambda config: UNet(**_fields(config)),
+    "adm": lambda config: adm_unet(**_fields(config)),
+}
 
 
 def build_model(config):

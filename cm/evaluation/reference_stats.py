@@ -1,0 +1,110 @@
+"""Reference statistics of a dataset split: Inception mean, covariance, count and a feature subset.
+
+The file is an .npz with 'mu' [2048] and 'sigma' [2048, 2048] (float64; the names of the TTUR /
+pytorch-fid statistics files, so their published files load too), 'count', 'data_id' (which
+data it describes) and 'features' float32 [M, 2048]: M = eval.pr_samples training images
+drawn at random with fixed seed, the real manifold for precision / recall.
+"""
+
+import io
+import os
+
+import jax
+import numpy as np
+from absl import logging
+from etils import epath
+
+from cm import data
+from cm.evaluation import features as features_lib
+from cm.evaluation import metrics
+
+_SUBSET_SEED = 0x5EED  # which training images form the precision / recall feature subset
+
+
+def data_id(data_config) -> str:
+    """A name for the images a data config reads: source, dataset, split and size."""
+    d = data_config
+    dataset = d.tfds_name or os.path.basename(d.path.rstrip("/")) or d.name
+    return f"{d.name}-{dataset}-{d.split}-{d.image_size}px".replace("/", "_")
+
+
+def stats_path(config, workdir: str) -> str:
+    """eval.stats_path, or <workdir>/fid_stats/<data id>.npz."""
+    if config.eval.stats_path:
+        return os.path.expanduser(config.eval.stats_path)
+    return os.path.join(workdir, "fid_stats", data_id(config.data) + ".npz")
+
+
+def accumulate(batches, num_images: int, subset_size: int) -> dict:
+    """Streams feature batches {'pool': [b, D], ...} into mu, sigma, count and a random subset
+    of `subset_size` pool rows (by global row index, so independent of the batch size)."""
+    rng = np.random.default_rng(_SUBSET_SEED)
+    keep = np.sort(rng.choice(num_images, min(subset_size, num_images), replace=False))
+    stats, kept, start = None, [], 0
+    for batch in batches:
+        pool = batch["pool"]  # [b, D]
+        stats = stats or metrics.RunningStats(pool.shape[1])
+        stats.update(pool)
+        rows = keep[(keep >= start) & (keep < start + len(pool))] - start
+        kept.append(pool[rows])
+        start += len(pool)
+    return {
+        "mu": stats.mean,
+        "sigma": stats.cov,
+        "count": np.int64(stats.count),
+        "features": np.concatenate(kept).astype(np.float32),
+    }
+
+
+def compute(config, extractor: features_lib.ParallelExtractor) -> dict:
+    """Statistics of every image of config.data, data parallel, with a progress line."""
+    source = data.load_source(config.data)
+    n = len(source)
+    batches = extractor.batches(
+        lambda indices: source.get(indices)[0], n, features_lib.progress_printer("fid_stats")
+    )
+    stats = accumulate(batches, n, config.eval.pr_samples)
+    stats["data_id"] = np.str_(data_id(config.data))
+    return stats
+
+
+def save(path: str, stats: dict) -> None:
+    """Writes the statistics (process 0 only; local paths and gs:// alike)."""
+    if jax.process_index() != 0:
+        return
+    buffer = io.BytesIO()
+    np.savez(buffer, **stats)
+    file = epath.Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.parent / (file.name + ".tmp")
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(file)  # atomic where the file system allows, overwriting
+
+
+def load(path: str, expected_data_id: str | None = None) -> dict:
+    """{'mu', 'sigma', and where present 'count', 'features', 'data_id'} from an .npz file."""
+    file = epath.Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"No reference statistics at {path}.")
+    with np.load(io.BytesIO(file.read_bytes())) as f:
+        stats = {k: f[k] for k in f.files}
+    if "mu" not in stats or "sigma" not in stats:
+        raise ValueError(f"{path} has no 'mu' and 'sigma': not a FID statistics file.")
+    found = str(stats.get("data_id", ""))
+    if expected_data_id and found and found != expected_data_id:
+        raise ValueError(
+            f"{path} holds statistics of {found}, but the config's data is "
+            f"{expected_data_id}: set --config.eval.stats_path to another file (or delete it)."
+        )
+    return stats
+
+
+def load_or_compute(config, workdir: str, extractor) -> dict:
+    """The reference statistics file of the config's data, computed and written if missing."""
+    path = stats_path(config, workdir)
+    if epath.Path(path).exists():
+        return load(path, data_id(config.data))
+    logging.info("No reference statistics at %s; computing them.", path)
+    stats = compute(config, extractor)
+    save(path, stats)
+    return stats
