@@ -5,6 +5,7 @@ workdir/snapshots/<step>    parameters only ({"params", "ema"}), every one kept,
 workdir/config.json         the config of the run, checked for compatibility on resume
 """
 
+import dataclasses
 import json
 import os
 
@@ -22,7 +23,10 @@ STRUCTURAL_FIELDS = (
     "optim.grad_clip",
     "optim.warmup_steps",
     "training.ema_rates",
+    "training.power_ema_stds",
 )
+# Structural fields newer than some saved runs, with the value those runs implicitly had.
+FIELDS_ADDED_LATER = {"training.power_ema_stds": []}
 
 
 def _lookup(tree: dict, dotted: str):
@@ -40,11 +44,27 @@ def check_compatible(saved: dict, current: dict, workdir: str):
     """Raises one sentence naming the first structural field that differs from the saved run."""
     for field in STRUCTURAL_FIELDS:
         old, new = _normalize(_lookup(saved, field)), _normalize(_lookup(current, field))
+        if old == {} and field in FIELDS_ADDED_LATER and new == FIELDS_ADDED_LATER[field]:
+            continue  # a run saved before the field existed had its default
         if old != new:
             raise ValueError(
                 f"The workdir {workdir} holds a checkpoint of an incompatible config ({field}: "
                 f"{old} there, {new} now); use a new --workdir or set --config.{field} back."
             )
+
+
+def _on_disk(train_state):
+    """A train state as saved: a dict of its fields without an empty power_ema, so that a run
+    without power EMAs keeps the layout its checkpoints had before the field existed."""
+    if not dataclasses.is_dataclass(train_state) or getattr(train_state, "power_ema", 1):
+        return train_state
+    fields = {f.name: getattr(train_state, f.name) for f in dataclasses.fields(train_state)}
+    del fields["power_ema"]
+    return fields
+
+
+def _from_disk(abstract_state, saved):
+    return abstract_state.replace(**saved) if isinstance(saved, dict) else saved
 
 
 class Checkpointer:
@@ -80,18 +100,34 @@ class Checkpointer:
         """The saved state with the structure, dtypes and shardings of `abstract_state`."""
         step = self.latest_step() if step is None else step
         try:
-            return self._state.restore(step, args=ocp.args.StandardRestore(abstract_state))
+            return self._restore_either_layout(step, abstract_state)
         except (ValueError, KeyError) as e:
             raise ValueError(
                 f"The checkpoint at step {step} in {self.workdir} does not match this config "
                 f"({str(e).splitlines()[0][:200]}); use a new --workdir or the run's old config."
             ) from e
 
-    def save(self, step: int, state):
-        self._state.save(step, args=ocp.args.StandardSave(state))
+    def _restore_either_layout(self, step: int, abstract_state):
+        """Tries the layout `save` writes, then the train state as it is (checkpoints written
+        while an empty power_ema was saved as a field)."""
+        on_disk = _on_disk(abstract_state)
+        try:
+            saved = self._state.restore(step, args=ocp.args.StandardRestore(on_disk))
+            return _from_disk(abstract_state, saved)
+        except (ValueError, KeyError):
+            if on_disk is abstract_state:
+                raise
+            return self._state.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
-    def save_snapshot(self, step: int, params, ema):
-        self._snapshots.save(step, args=ocp.args.StandardSave({"params": params, "ema": ema}))
+    def save(self, step: int, state):
+        self._state.save(step, args=ocp.args.StandardSave(_on_disk(state)))
+
+    def save_snapshot(self, step: int, params, ema, power_ema=()):
+        """{"params", "ema"} and, when power EMAs are tracked, "power_ema" (one per std)."""
+        tree = {"params": params, "ema": ema}
+        if power_ema:
+            tree["power_ema"] = power_ema
+        self._snapshots.save(step, args=ocp.args.StandardSave(tree))
 
     def snapshot_steps(self):
         return list(self._snapshots.all_steps())

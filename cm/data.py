@@ -8,6 +8,7 @@ Sources (`config.data.name`, one loader each in `LOADERS`):
   npz     a local .npz file with 'images' uint8 [N,H,W,C] (or [N,H,W]) and optional 'labels'.
   folder  a local folder of png/jpg/jpeg/webp files, searched recursively; class subfolders
           give labels; each image is center-cropped, resized and decoded when first read.
+  latents a latent dataset written by --mode=encode (cm/latent_data.py), standardized floats.
 
 Every source is random access (`Source.get(indices)`), so the order of the data is ours to
 choose: the batch at training step `step` is a pure function of (seed, step) built from one
@@ -28,6 +29,8 @@ from typing import Protocol
 
 import numpy as np
 
+from cm import latent_data
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 DIGITS_TRAIN_SIZE = 1500  # digits "train" = images [0, 1500), "test" = [1500, 1797)
 _FLIP_STREAM = 0x466C6970  # separates the flip random stream from the permutation streams
@@ -41,7 +44,8 @@ class Source(Protocol):
     def __len__(self) -> int: ...
 
     def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Images uint8 [n,H,W,C] and labels int32 [n] (zeros if unlabelled) at `indices` [n]."""
+        """Images uint8 [n,H,W,C] (latents: float32) and labels int32 [n] (zeros if unlabelled)
+        at `indices` [n]."""
         ...
 
 
@@ -225,6 +229,7 @@ LOADERS: dict[str, Callable[..., Source]] = {
     "tfds": _load_tfds,
     "npz": _load_npz,
     "folder": _load_folder,
+    "latents": latent_data.load_source,
 }
 
 
@@ -286,8 +291,9 @@ def batch_at(
     process_index: int = 0,
     process_count: int = 1,
 ) -> dict[str, np.ndarray]:
-    """This process's rows of the global batch at `step`: image float32 [b,H,W,C] in [-1, 1] and
-    label int32 [b], b = global_batch / process_count, rows [p*b, (p+1)*b) of the global batch."""
+    """This process's rows of the global batch at `step`: image float32 [b,H,W,C] (uint8 data
+    scaled to [-1, 1], latents as stored) and label int32 [b], b = global_batch / process_count,
+    rows [p*b, (p+1)*b) of the global batch."""
     if global_batch % process_count:
         raise ValueError(
             f"training.batch_size={global_batch} must be divisible by the number of processes, "
@@ -301,7 +307,10 @@ def batch_at(
         # One draw per global row, so the decisions do not depend on the process count.
         flip = np.random.default_rng((seed, _FLIP_STREAM, step)).random(global_batch) < 0.5
         images = np.where(flip[rows, None, None, None], images[:, :, ::-1], images)
-    image = images.astype(np.float32) / 127.5 - 1.0  # [b,H,W,C] in [-1, 1]
+    if images.dtype == np.uint8:
+        image = images.astype(np.float32) / 127.5 - 1.0  # [b,H,W,C] in [-1, 1]
+    else:
+        image = images.astype(np.float32)  # latents, already standardized
     return {"image": image, "label": labels.astype(np.int32)}
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cm import objectives, precond, sampling, state
+from cm import latents, objectives, power_ema, precond, sampling, state
 from cm.models import build_model
 
 
@@ -37,6 +37,7 @@ class Experiment:
     loss_fn: Any  # (params, batch, rng, step) -> (loss, metrics)
     tx: Any
     mesh: Mesh
+    power_ema_gammas: tuple = ()  # exponents of training.power_ema_stds (cm/power_ema.py)
 
     @property
     def replicated(self) -> NamedSharding:
@@ -63,6 +64,7 @@ def build(config, devices=None) -> Experiment:
         loss_fn=objectives.make_objective(config, denoise),
         tx=state.make_optimizer(config.optim),
         mesh=make_mesh(devices),
+        power_ema_gammas=tuple(power_ema.std_to_gamma(s) for s in config.training.power_ema_stds),
     )
 
 
@@ -75,28 +77,36 @@ def init_params(exp: Experiment, config):
     return exp.model.init({"params": rng}, x, jnp.zeros((1,)), labels, train=False)["params"]
 
 
+def _fresh_state(exp: Experiment, config) -> state.TrainState:
+    t = config.training
+    return state.create(init_params(exp, config), exp.tx, len(t.ema_rates), len(t.power_ema_stds))
+
+
 def init_state(exp: Experiment, config) -> state.TrainState:
     """A fresh replicated train state, built directly on the devices."""
 
     def make():
-        return state.create(init_params(exp, config), exp.tx, len(config.training.ema_rates))
+        return _fresh_state(exp, config)
 
     return jax.jit(make, out_shardings=exp.replicated)()
 
 
 def abstract_state(exp: Experiment, config):
     """Shapes, dtypes and shardings of the train state, for restoring without allocating it."""
-    shapes = jax.eval_shape(
-        lambda: state.create(init_params(exp, config), exp.tx, len(config.training.ema_rates))
-    )
+    shapes = jax.eval_shape(lambda: _fresh_state(exp, config))
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=exp.replicated), shapes
     )
 
 
 def samplers(config, exp: Experiment) -> dict:
-    """Named data-parallel samplers for the run's method: consistency 1/2-step, or EDM Heun."""
+    """Named data-parallel samplers for the run's method: consistency 1/2-step, or EDM Heun.
+
+    On latent data (data.name = "latents") each sampler decodes its latents with the VAE and
+    returns images (cm/latents.py); this is the one place where latents become images.
+    """
     shape, classes = image_shape(config), num_label_classes(config)
+    decoding = latents.LatentDecoding(config, exp.mesh) if config.data.name == "latents" else None
     if config.method.name == "edm":
         specs = {f"heun{config.sampling.heun_steps}": ("heun", ())}
     else:
@@ -104,12 +114,11 @@ def samplers(config, exp: Experiment) -> dict:
             f"{len(levels) + 1}step": ("consistency", tuple(levels))
             for levels in config.sampling.consistency_levels
         }
-    return {
-        name: sampling.make_parallel_sampler(
-            sampling.sampler_from_config(config, exp.denoise, kind, levels),
-            exp.mesh,
-            shape,
-            classes,
-        )
-        for name, (kind, levels) in specs.items()
-    }
+    out = {}
+    for name, (kind, levels) in specs.items():
+        sample_fn = sampling.sampler_from_config(config, exp.denoise, kind, levels)
+        if decoding:
+            sample_fn = decoding.per_device(sample_fn)
+        parallel = sampling.make_parallel_sampler(sample_fn, exp.mesh, shape, classes)
+        out[name] = decoding.bind(parallel) if decoding else parallel
+    return out

@@ -1,4 +1,7 @@
-"""Per-sample distances between two batches of samples, as pure functions of arrays."""
+"""Per-sample distances between two batches of samples, as pure functions of arrays.
+
+iCT's pseudo-Huber acts on the whole sample vector; sLCT's Cauchy on the mean over elements.
+"""
 
 import jax.numpy as jnp
 
@@ -24,12 +27,21 @@ def pseudo_huber(a, b, c):
     return jnp.sqrt(squared_l2(a, b) + c**2) - c
 
 
+def cauchy(a, b, c):
+    """sLCT Cauchy distance: log(1 + mean_over_elements((a - b)^2) / (2 c^2)). Returns [B].
+
+    c may be a scalar or traced (the adaptive c(N) of `schedules.slct_cauchy_c`).
+    """
+    mse = jnp.mean(jnp.square(_flat(a) - _flat(b)), axis=-1)  # [B]
+    return jnp.log1p(mse / (2.0 * jnp.square(c)))
+
+
 def huber_c(num_elements: int, factor: float) -> float:
     """iCT's c = factor * sqrt(d) for samples of d elements (0.00054 * sqrt(3072) = 0.0299)."""
     return factor * num_elements**0.5
 
 
-DISTANCES = {"l2": l2, "pseudo_huber": pseudo_huber}
+DISTANCES = {"l2": l2, "pseudo_huber": pseudo_huber, "cauchy": cauchy}
 
 
 def get_distance(name: str):

@@ -6,9 +6,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from cm import experiment, images, sampling, train
+from cm import encode, experiment, images, sampling, train
 from cm.checkpoint import Checkpointer
 from cm.evaluation import run as evaluation
+from cm.lcsc import run as lcsc_run
 from cm.models import param_table
 
 
@@ -52,7 +53,7 @@ def sample(config, workdir: str):
             os.makedirs(out_dir, exist_ok=True)
             stem = os.path.join(out_dir, f"{name}_step{step:08d}")
             np.savez(stem + ".npz", images=pics, labels=labels)
-            upscale = max(1, 128 // config.data.image_size)
+            upscale = max(1, 128 // pics.shape[1])  # decoded latents are larger than the data
             images.save_png(stem + ".png", images.make_grid(pics[:100]), upscale)
             logging.info("Wrote %d samples to %s.npz", len(pics), stem)
             print(f"{name}: {len(pics)} samples -> {stem}.npz, {stem}.png")
@@ -79,12 +80,20 @@ def _progress_printer(name: str):
     return report
 
 
+def lcsc(config, workdir: str):
+    """Searches a linear combination of the run's snapshots (PAPERS.md section 4) and compares
+    it with the final EMA and the baselines on held-out seeds -> <workdir>/<lcsc.name>/."""
+    return lcsc_run.lcsc(config, workdir)
+
+
 MODES = {
     "train": train.train_and_evaluate,
     "sample": sample,
     "summary": summary,
     "eval": evaluate,
     "fid_stats": fid_stats,
+    "lcsc": lcsc,
+    "encode": encode.encode,
 }
 
 

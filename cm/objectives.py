@@ -30,11 +30,23 @@ def ict_loss(
     p_std: float,
     distance,
     c_factor: float,
+    adaptive_c: bool = False,
+    c_log_slope: float = -1.15,
+    c_log_offset: float = -0.85,
+    diffusion_weight: float = 0.0,
+    diffusion_quantile: float = 0.25,
+    sigma_data: float = 0.5,
+    noise_from_batch: bool = False,
 ):
     """iCT loss (PAPERS.md section 2): batch mean of lambda(sigma_i) d(f_student, f_teacher).
 
     One z per sample; the student sees x + sigma_{i+1} z, the teacher (same parameters under
     stop_gradient, same dropout key, training mode) sees x + sigma_i z.
+
+    sLCT switches (section 3): `adaptive_c` replaces c = c_factor sqrt(d) by c(N) after the
+    first stage; `diffusion_weight` > 0 adds that multiple of the EDM-weighted x0 MSE of the
+    same student output over the pairs in the lowest `diffusion_quantile` of the grid;
+    `noise_from_batch` takes z from batch["noise"] (the OT-coupled noise of cm.coupling).
     """
     x, labels = batch["image"], batch.get("label")  # [B, H, W, C], [B]
     num_scales = schedules.ict_num_scales(step, total_steps, s0, s1)
@@ -45,7 +57,15 @@ def ict_loss(
     k_index, k_noise, k_dropout = jax.random.split(rng, 3)
     i = jax.random.categorical(k_index, logits, shape=(x.shape[0],))  # [B]
     sigma_lo, sigma_hi = sigmas[i], sigmas[i + 1]  # [B]
-    z = jax.random.normal(k_noise, x.shape, x.dtype)
+    if noise_from_batch:
+        if "noise" not in batch:
+            raise ValueError(
+                "method.ot_coupling needs batch['noise'] from cm.coupling; wrap the batch "
+                "iterator with coupling.CoupledBatches or set --config.method.ot_coupling=False."
+            )
+        z = batch["noise"].astype(x.dtype)  # [B, H, W, C], paired with x by the OT assignment
+    else:
+        z = jax.random.normal(k_noise, x.shape, x.dtype)
     bcast = lambda s: s[:, None, None, None]
 
     student = denoise(params, x + bcast(sigma_hi) * z, sigma_hi, labels, True, k_dropout)
@@ -54,10 +74,30 @@ def ict_loss(
     teacher = jax.lax.stop_gradient(teacher)
 
     c = losses.huber_c(x[0].size, c_factor)
+    if adaptive_c:
+        c = schedules.slct_cauchy_c(num_scales, s0, c, c_log_slope, c_log_offset)
     per_sample = schedules.ct_weight(sigma_lo, sigma_hi) * distance(student, teacher, c)  # [B]
-    loss = jnp.mean(per_sample)
-    metrics = {"loss": loss, "num_scales": num_scales, "sigma_mean": jnp.mean(sigma_hi)}
-    return loss, metrics
+    ct = jnp.mean(per_sample)
+    metrics = {"num_scales": num_scales, "sigma_mean": jnp.mean(sigma_hi), "c": c}
+    loss = ct
+    if diffusion_weight > 0:
+        selected = schedules.low_noise_mask(i + 1, num_scales, diffusion_quantile)  # [B]
+        diffusion = low_noise_diffusion_loss(student, x, sigma_hi, selected, sigma_data)
+        loss = ct + diffusion_weight * diffusion
+        metrics |= {"ct_loss": ct, "diffusion_loss": diffusion, "diffusion_frac": selected.mean()}
+    return loss, {"loss": loss, **metrics}
+
+
+def low_noise_diffusion_loss(denoised, x, sigma, selected, sigma_data: float):
+    """sLCT's diffusion term: mean over the selected samples of (1/s^2 + 1/sd^2) MSE(f, x).
+
+    denoised, x: [B, H, W, C]; sigma: [B] student levels; selected: bool [B]. The MSE is a mean
+    over elements. Returns 0 (not NaN) when no sample is selected.
+    """
+    weight = 1.0 / jnp.square(sigma) + 1.0 / sigma_data**2  # [B]
+    mse = jnp.mean(jnp.square(denoised - x), axis=(1, 2, 3))  # [B]
+    mask = selected.astype(mse.dtype)
+    return jnp.sum(mask * weight * mse) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def edm_loss(denoise, params, batch, rng, step, *, p_mean: float, p_std: float, sigma_data: float):
@@ -89,6 +129,13 @@ def _ict_from_config(config, denoise):
         p_std=m.p_std,
         distance=losses.get_distance(m.distance),
         c_factor=m.huber_c_factor,
+        adaptive_c=m.adaptive_c,
+        c_log_slope=m.adaptive_c_log_slope,
+        c_log_offset=m.adaptive_c_log_offset,
+        diffusion_weight=m.diffusion_weight,
+        diffusion_quantile=m.diffusion_quantile,
+        sigma_data=m.sigma_data,
+        noise_from_batch=m.ot_coupling,
     )
 
 

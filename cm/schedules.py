@@ -60,3 +60,38 @@ def lognormal_index_probs(sigmas, num_scales, p_mean: float, p_std: float):
 def ct_weight(sigma_lo, sigma_hi):
     """iCT weight lambda(sigma_i) = 1 / (sigma_{i+1} - sigma_i)."""
     return 1.0 / (sigma_hi - sigma_lo)
+
+
+def slct_cauchy_c(num_scales, s0: int, first_stage_c: float, log_slope: float, log_offset: float):
+    """sLCT's adaptive Cauchy c(N) (PAPERS.md section 3).
+
+    First curriculum stage (N <= s0 + 1): the fixed `first_stage_c` (0.00054 sqrt(d));
+    afterwards c(N) = exp(log_slope * ln(N - 1) + log_offset), i.e. exp(-1.15 ln(N-1) - 0.85).
+    num_scales may be traced. Returns a float32 scalar.
+    """
+    n = jnp.asarray(num_scales, jnp.float32)
+    later = jnp.exp(log_slope * jnp.log(jnp.maximum(n - 1.0, 1.0)) + log_offset)
+    return jnp.where(n <= s0 + 1, jnp.float32(first_stage_c), later)
+
+
+def low_noise_mask(hi_index, num_scales, quantile: float):
+    """Pairs whose student level sigma_{i+1} lies in the lowest `quantile` of the current grid.
+
+    hi_index: [B] 0-based index of the student's sigma in the increasing grid of N levels.
+    Selected when hi_index <= quantile * (N - 1), i.e. sigma_{i+1} <= the grid's level at that
+    fraction (0.170 for quantile 0.25 once N >= 21). Returns bool [B].
+    """
+    n = jnp.asarray(num_scales, jnp.float32)
+    return hi_index.astype(jnp.float32) <= quantile * (n - 1.0)
+
+
+def karras_level_from_top(
+    index: int, num_scales: int, sigma_min: float, sigma_max: float, rho: float
+):
+    """The sigma at `index` of an N-level Karras grid counted from the largest (index 0 = smax).
+
+    sLCT's second sampling level is index 440 of the 641-level grid: about 0.368.
+    """
+    frac = (num_scales - 1 - index) / (num_scales - 1)
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    return float((lo + frac * (hi - lo)) ** rho)

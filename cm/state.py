@@ -14,6 +14,8 @@ class TrainState:
     params: Any
     opt_state: Any
     ema: tuple  # one parameter tree per config.training.ema_rates entry, same order
+    # One tree per config.training.power_ema_stds entry (EDM2 power-function EMAs, power_ema.py).
+    power_ema: tuple = ()
 
 
 def _radam(c, lr):
@@ -48,13 +50,14 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def create(params, tx, num_ema: int) -> TrainState:
-    """Step 0: EMAs start at the initial parameters."""
+def create(params, tx, num_ema: int, num_power_ema: int = 0) -> TrainState:
+    """Step 0: EMAs (and power EMAs) start at the initial parameters."""
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(params),
         ema=tuple(jax.tree.map(jnp.copy, params) for _ in range(num_ema)),
+        power_ema=tuple(jax.tree.map(jnp.copy, params) for _ in range(num_power_ema)),
     )
 
 

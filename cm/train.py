@@ -14,7 +14,7 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from cm import data, experiment, images, sampling, state
+from cm import coupling, data, experiment, images, power_ema, sampling, state
 from cm.checkpoint import Checkpointer
 from cm.evaluation.run import periodic as periodic_eval
 
@@ -33,6 +33,9 @@ def make_train_step(exp: experiment.Experiment, ema_rates, seed: int):
             params=params,
             opt_state=opt_state,
             ema=state.update_emas(train_state.ema, params, ema_rates),
+            power_ema=power_ema.update(
+                train_state.power_ema, params, train_state.step + 1, exp.power_ema_gammas
+            ),
         )
         return new_state, {**metrics, "grad_norm": optax.global_norm(grads)}
 
@@ -86,7 +89,7 @@ def write_sample_grids(config, exp, samplers, params, step: int, workdir: str, w
         grid = images.make_grid(pics, columns=config.data.num_classes or None)
         if jax.process_index() == 0:
             os.makedirs(out_dir, exist_ok=True)
-            upscale = max(1, 128 // config.data.image_size)
+            upscale = max(1, 128 // pics.shape[1])  # decoded latents are larger than the data
             images.save_png(os.path.join(out_dir, f"step{step:08d}_{name}.png"), grid, upscale)
         writer.write_images(step, {f"samples/{name}": grid[None]})
 
@@ -121,6 +124,9 @@ def train_and_evaluate(config, workdir: str):
         jax.process_index(),
         jax.process_count(),
     )
+    batches = coupling.wrap_if_enabled(
+        batches, config, exp.mesh.size, start, jax.process_index(), jax.process_count()
+    )
     last_good = ckpt.latest_step()
     try:
         for step in range(start + 1, t.num_steps + 1):  # `step` = steps done after this one
@@ -134,7 +140,7 @@ def train_and_evaluate(config, workdir: str):
                 writer.write_scalars(step, {k: float(v) for k, v in metrics.items()})
             if t.snapshot_every and step % t.snapshot_every == 0:
                 _nan_guard_state(train_state, step, workdir, last_good)
-                ckpt.save_snapshot(step, train_state.params, train_state.ema)
+                ckpt.save_snapshot(step, train_state.params, train_state.ema, train_state.power_ema)
             if step % t.checkpoint_every == 0 or is_last:
                 _nan_guard_state(train_state, step, workdir, last_good)
                 ckpt.save(step, train_state)
@@ -164,5 +170,5 @@ def _nan_guard(loss: float, step: int, workdir: str, last_good):
 
 
 def _nan_guard_state(train_state, step: int, workdir: str, last_good):
-    if not bool(_all_finite((train_state.params, train_state.ema))):
+    if not bool(_all_finite((train_state.params, train_state.ema, train_state.power_ema))):
         _nan_guard(float("nan"), step, workdir, last_good)

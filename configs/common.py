@@ -9,7 +9,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "digits"  # digits | tfds | npz | folder
+    c.data.name = "digits"  # digits | tfds | npz | folder | latents (written by --mode=encode)
     c.data.tfds_name = ""  # e.g. "cifar10", "imagenet_resized/64x64"
     c.data.tfds_dir = ""  # tfds data_dir; "" uses TFDS_DATA_DIR or ~/tensorflow_datasets
     c.data.path = ""  # .npz file or image folder
@@ -18,6 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.channels = 1
     c.data.num_classes = 10  # 0 = no labels
     c.data.random_flip = False
+    c.data.latent_std = 0.5  # latents: standardized per element to this std (PAPERS.md section 3)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "unet"  # unet (DDPM++ / NCSN++) | adm (keys of cm.models.MODELS)
@@ -47,8 +48,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.method.p_std = 2.0  # iCT index distribution (EDM training uses 1.2)
     c.method.s0 = 10
     c.method.s1 = 1280
-    c.method.distance = "pseudo_huber"  # pseudo_huber | l2
+    c.method.distance = "pseudo_huber"  # pseudo_huber | l2 | cauchy
     c.method.huber_c_factor = 0.00054  # c = factor * sqrt(d)
+    # sLCT switches (PAPERS.md section 3); the defaults are plain iCT.
+    c.method.adaptive_c = False  # c(N) = exp(slope ln(N - 1) + offset) after the first stage
+    c.method.adaptive_c_log_slope = -1.15
+    c.method.adaptive_c_log_offset = -0.85
+    c.method.diffusion_weight = 0.0  # sLCT: 5.0 (EDM-weighted x0 MSE at low noise)
+    c.method.diffusion_quantile = 0.25  # the lowest fraction of the current grid it covers
+    c.method.ot_coupling = False  # exact minibatch OT pairing of data and noise per device shard
+    c.method.ot_prefetch = 2  # coupled batches computed ahead on the host
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "radam"  # radam | adam | adamw
@@ -68,6 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.checkpoint_every = 5000
     c.training.keep_checkpoints = 3
     c.training.snapshot_every = 1000  # parameter-only stream (online + EMA), kept forever; 0 = off
+    # sigma_rel of EDM2 power-function EMAs tracked in the state and saved in every snapshot,
+    # for post-hoc EMA reconstruction (cm/power_ema.py; EDM2 tracks (0.05, 0.10)); () = off.
+    c.training.power_ema_stds = ()
     c.training.sample_every = 10_000  # 0 = off
     c.training.grid_samples = 64
     # Stop (with a checkpoint) after this many steps in one process, 0 = run to num_steps: for
@@ -103,6 +115,93 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.digits_classifier_path = ""  # "" = ~/.cache/cm/digits_classifier_<hash>.npz
     c.eval.every = 0  # training steps between periodic evaluations; 0 = off
     c.eval.train_num_samples = 5000  # samples per sampler in a periodic evaluation
+
+    # --mode=lcsc (PAPERS.md section 4): search for a linear combination of the snapshots in
+    # <workdir>/snapshots, with EMA / power-EMA / uniform / greedy-soup baselines; outputs in
+    # <workdir>/<lcsc.name>/. The paper's authors released no search code: these are ours.
+    c.lcsc = ml_collections.ConfigDict()
+    c.lcsc.name = "lcsc"  # output folder under the workdir (one per search setting)
+    c.lcsc.source = "params"  # which stream is combined: params (online) | ema (first EMA)
+    c.lcsc.first_step = 0  # use snapshots with first_step <= step <= last_step
+    c.lcsc.last_step = 0  # 0 = up to the newest (a smaller value: a shorter run's snapshots)
+    c.lcsc.resident = True  # keep the snapshots stacked on the devices (False: stream from disk)
+    c.lcsc.sampler = (
+        "1step"  # fitness sampler: a name of the method's samplers (1step, 2step, heunN)
+    )
+    c.lcsc.metric = ""  # key of the fitness metric; "" = digits_fd on digits, fid otherwise
+    c.lcsc.search_samples = 2000  # samples per fitness evaluation (FIXED seeds)
+    c.lcsc.search_seed = 1001  # seed of the search's fixed sample noise and labels
+    c.lcsc.heldout_samples = 10_000  # samples of the final comparison, on seeds never searched
+    c.lcsc.heldout_seed = 2002
+    c.lcsc.optimizer = "evolution"  # evolution | cma
+    c.lcsc.generations = 20
+    c.lcsc.population = 16
+    c.lcsc.seed = 0  # randomness of the search itself
+    c.lcsc.init_betas = (
+        0.3,
+        0.6,
+        0.8,
+        0.9,
+        0.95,
+    )  # EMA shapes of the first population, per snapshot
+    c.lcsc.elite = 2  # best vectors copied unchanged into the next generation
+    c.lcsc.parent_fraction = 0.25  # parents are drawn from this top fraction
+    c.lcsc.crossover_prob = 0.5  # per coefficient: taken from the second parent
+    c.lcsc.mutation_std = 0.05  # Gaussian mutation, per coefficient
+    c.lcsc.mutation_prob = 0.5  # per coefficient
+    c.lcsc.cma_sigma = 0.1  # CMA-ES initial step size in coefficient units
+    c.lcsc.cache_decimals = 6  # coefficients rounded to this many decimals key the fitness cache
+    c.lcsc.uniform_last_k = (2, 4, 8)  # baseline: uniform average of the last k snapshots
+    c.lcsc.ema_rates = (
+        0.999,
+        0.9995,
+        0.9999,
+    )  # baseline: per-step EMA rates rebuilt from snapshots
+    c.lcsc.posthoc_stds = (0.05, 0.075, 0.10, 0.15)  # baseline: EDM2 post-hoc sigma_rel targets
+    c.lcsc.greedy_soup = True  # baseline: greedy soup (2 K fitness evaluations)
+
+    # Latent space (PAPERS.md section 3): the Stable Diffusion VAE, used by --mode=encode and to
+    # decode samples when data.name = "latents". Architecture fields: diffusers' AutoencoderKL.
+    c.vae = ml_collections.ConfigDict()
+    # diffusers-format weights: vae/diffusion_pytorch_model.safetensors of stabilityai/sd-vae-ft-mse
+    c.vae.weights_path = "~/.cache/cm/sd-vae-ft-mse/diffusion_pytorch_model.safetensors"
+    c.vae.block_out_channels = (128, 256, 512, 512)  # f = 2^(levels - 1) = 8
+    c.vae.layers_per_block = 2
+    c.vae.latent_channels = 4
+    c.vae.norm_num_groups = 32
+    c.vae.norm_eps = 1e-6
+    c.vae.scale_factor = 0.18215  # latents = scale_factor * posterior sample
+    c.vae.seed = 0  # the posterior sample of image i uses fold_in(key(seed), i)
+    c.vae.batch_size = 64  # images per encode call, global (rounded up to the devices)
+    c.vae.part_images = 4096  # --mode=encode saves its progress every this many images
+    c.vae.images = image_source()  # the image dataset --mode=encode reads (fields as c.data)
+    return c
+
+
+def image_source() -> ml_collections.ConfigDict:
+    """An image dataset description with the fields of c.data, for --mode=encode to read."""
+    d = ml_collections.ConfigDict()
+    d.name = "folder"  # digits | tfds | npz | folder
+    d.tfds_name = ""
+    d.tfds_dir = ""
+    d.path = ""
+    d.split = "train"
+    d.image_size = 256
+    d.channels = 3
+    d.num_classes = 0
+    d.random_flip = False
+    return d
+
+
+def latent_data(c: ml_collections.ConfigDict, latents_path: str) -> ml_collections.ConfigDict:
+    """Sets `c` to train on the latents that --mode=encode writes to `latents_path` from
+    c.vae.images (e.g. 256 px images -> 4 x 32 x 32), and returns it."""
+    f = 2 ** (len(c.vae.block_out_channels) - 1)
+    c.data.name = "latents"
+    c.data.path = latents_path
+    c.data.image_size = c.vae.images.image_size // f
+    c.data.channels = c.vae.latent_channels
+    c.data.num_classes = c.vae.images.num_classes
     return c
 
 

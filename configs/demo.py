@@ -34,10 +34,17 @@ def get_config(arg=None):
     c.training.log_every = 100
     c.training.checkpoint_every = 1000
     c.training.snapshot_every = 250
+    c.training.power_ema_stds = (0.05, 0.10)  # for the post-hoc EMA baseline of --mode=lcsc
     c.training.sample_every = 1000
     c.training.grid_samples = 100
 
     c.sampling.num_samples = 100
     c.sampling.batch_size = 100
     c.sampling.consistency_levels = ((), (0.821,))
+
+    # --mode=lcsc on the 12 snapshots: about 15 minutes on 2 cores (BENCHMARKS.md, LCSC).
+    c.lcsc.population = 12
+    c.lcsc.generations = 15
+    c.lcsc.search_samples = 2000
+    c.lcsc.heldout_samples = 10_000
     return c

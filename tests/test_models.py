@@ -19,7 +19,7 @@ from cm.models import build_model, count_params, param_table
 from cm.models.adm import adm_unet
 from cm.models.embeddings import NoiseEmbedding
 from cm.models.inits import INITS, SONG_ATTN_GAIN, SONG_ZERO_GAIN
-from cm.models.norms import NsLayerNorm, group_count
+from cm.models.norms import NsLayerNorm, group_count, make_norm
 from cm.models.resample import downsample, fir, prefilter_for_strided_conv, upsample
 from cm.models.unet import UNet
 from configs.common import base_config
@@ -155,6 +155,14 @@ def test_nsln_invariance_bias_and_gradient():
     w = jnp.asarray(RNG.standard_normal(x.shape), jnp.float32)
     grad = jax.grad(lambda p: jnp.sum(w * norm.apply({"params": p}, x) ** 2))(params)
     assert float(jnp.abs(grad["bias"]).mean()) > 0.1
+
+
+def test_nsln_eps_is_the_papers_in_every_network():
+    """NsLN divides by sqrt(var + 1e-5) (PAPERS.md section 3), also inside SongUNet (eps 1e-6)."""
+    x = jnp.asarray([1e-3, -1e-3] * 8, jnp.float32).reshape(1, 2, 2, 4)  # var 1e-6 ~ eps
+    norm = make_norm("nsln", 4, 1, 1e-6, jnp.float32, "n")
+    y = norm.apply(norm.init(key(0), x), x)
+    np.testing.assert_allclose(y, x / np.sqrt(1e-6 + 1e-5), rtol=1e-5)
 
 
 def test_group_count_guard():

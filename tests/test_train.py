@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 from helpers import launch_cmd, subprocess_env, tiny_config
 
-from cm import data, experiment, modes, train
+from cm import data, experiment, modes, power_ema, train
 from cm import state as state_lib
 from cm.models import count_params
 
@@ -26,12 +26,26 @@ def _saved_params(workdir, step):
 def test_train_writes_checkpoints_snapshots_grids_and_logs(tmp_path):
     c = tiny_config()
     c.training.sample_every = 2
+    c.training.power_ema_stds = (0.10,)
     state = train.train_and_evaluate(c, str(tmp_path))
     assert int(state.step) == 4
     assert _ls(tmp_path / "checkpoints") == ["2", "4"]
     assert _ls(tmp_path / "snapshots") == ["1", "2", "3", "4"]
-    snap = ocp.StandardCheckpointer().restore(str(tmp_path / "snapshots" / "3" / "default"))
-    assert set(snap) == {"params", "ema"} and len(snap["ema"]) == 1
+    snaps = [
+        ocp.StandardCheckpointer().restore(str(tmp_path / "snapshots" / str(k) / "default"))
+        for k in (1, 2)
+    ]
+    assert set(snaps[1]) == {"params", "ema", "power_ema"} and len(snaps[1]["ema"]) == 1
+    # The power EMA starts at the parameters of step 1 (t = 1, beta = 0), then at t = 2
+    # mixes in (1 - beta_2) of step 2's parameters (cm/power_ema.py).
+    w = float(power_ema.one_minus_beta(2, power_ema.std_to_gamma(0.10)))
+    jax.tree.map(np.testing.assert_array_equal, snaps[0]["power_ema"][0], snaps[0]["params"])
+    jax.tree.map(
+        lambda e, a, b: np.testing.assert_allclose(e, (1 - w) * a + w * b, rtol=1e-5, atol=1e-7),
+        snaps[1]["power_ema"][0],
+        snaps[0]["params"],
+        snaps[1]["params"],
+    )
     assert "step00000004_1step.png" in _ls(tmp_path / "samples")
     assert "step00000004_2step.png" in _ls(tmp_path / "samples")
     assert any(f.startswith("events.out.tfevents") for f in _ls(tmp_path))
@@ -147,7 +161,8 @@ def test_summary_mode_ends_with_parameter_count(capsys):
     [
         (
             ["--mode=fly"],
-            "Unknown --mode 'fly'; valid: ['eval', 'fid_stats', 'sample', 'summary', 'train']",
+            "Unknown --mode 'fly'; valid: "
+            "['encode', 'eval', 'fid_stats', 'lcsc', 'sample', 'summary', 'train']",
         ),
         (["--config.model.norm=batch"], "Unknown"),
         (["--config.model.chanels=3"], 'Did you mean "channels"'),

@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from cm import data
+from cm import data, latent_data
 from cm.evaluation import features as features_lib
 from cm.evaluation import metrics
 
@@ -32,7 +32,7 @@ def stats_path(config, workdir: str) -> str:
     """eval.stats_path, or <workdir>/fid_stats/<data id>.npz."""
     if config.eval.stats_path:
         return os.path.expanduser(config.eval.stats_path)
-    return os.path.join(workdir, "fid_stats", data_id(config.data) + ".npz")
+    return os.path.join(workdir, "fid_stats", data_id(latent_data.image_data(config)) + ".npz")
 
 
 def accumulate(batches, num_images: int, subset_size: int) -> dict:
@@ -57,14 +57,15 @@ def accumulate(batches, num_images: int, subset_size: int) -> dict:
 
 
 def compute(config, extractor: features_lib.ParallelExtractor) -> dict:
-    """Statistics of every image of config.data, data parallel, with a progress line."""
-    source = data.load_source(config.data)
+    """Statistics of every image of config.data (of vae.images for latent data), data parallel,
+    with a progress line."""
+    source = data.load_source(latent_data.image_data(config))
     n = len(source)
     batches = extractor.batches(
         lambda indices: source.get(indices)[0], n, features_lib.progress_printer("fid_stats")
     )
     stats = accumulate(batches, n, config.eval.pr_samples)
-    stats["data_id"] = np.str_(data_id(config.data))
+    stats["data_id"] = np.str_(data_id(latent_data.image_data(config)))
     return stats
 
 
@@ -103,7 +104,7 @@ def load_or_compute(config, workdir: str, extractor) -> dict:
     """The reference statistics file of the config's data, computed and written if missing."""
     path = stats_path(config, workdir)
     if epath.Path(path).exists():
-        return load(path, data_id(config.data))
+        return load(path, data_id(latent_data.image_data(config)))
     logging.info("No reference statistics at %s; computing them.", path)
     stats = compute(config, extractor)
     save(path, stats)

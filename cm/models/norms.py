@@ -14,11 +14,14 @@ ZEROS: Initializer = nn.initializers.zeros
 MIN_CHANNELS_PER_GROUP = 4  # EDM's GroupNorm: num_groups = min(num_groups, channels // 4)
 
 
+NSLN_EPS = 1e-5  # sLCT's NsLN (PAPERS.md section 3), whatever eps the host network's GroupNorms use
+
+
 class NsLayerNorm(nn.Module):
     """Non-scaling LayerNorm (sLCT): per-sample normalization over all of (H, W, C), no scale,
     a learnable bias of shape (H, W, C) initialized to zero."""
 
-    epsilon: float = 1e-5
+    epsilon: float = NSLN_EPS
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -46,8 +49,9 @@ def _group_norm(channels, num_groups, eps, dtype, name):
 
 
 def _ns_layer_norm(channels, num_groups, eps, dtype, name):
-    del channels, num_groups
-    return NsLayerNorm(epsilon=eps, dtype=dtype, name=name)
+    """NsLN with its own eps: the network's `eps` (1e-6 in SongUNet) belongs to its GroupNorms."""
+    del channels, num_groups, eps
+    return NsLayerNorm(dtype=dtype, name=name)
 
 
 NORMS = {"group": _group_norm, "nsln": _ns_layer_norm}

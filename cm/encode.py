@@ -1,0 +1,178 @@
+"""--mode=encode: an image dataset -> the latent dataset that data.name = "latents" reads.
+
+Every image of config.vae.images -> scale_factor * one VAE posterior sample -> the file at
+config.data.path with its per-element mean and std (cm/latent_data.py). Data parallel over all
+devices of all processes, with a progress line; progress is saved every vae.part_images images
+in <data.path>.parts/, so a killed encode resumes with the same command, and the final file
+appears atomically.
+"""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cm import data, experiment, latent_data, latents
+from cm.models import vae_weights
+
+
+def _check_latent_config(config) -> None:
+    if config.data.name != "latents":
+        raise ValueError(
+            f"--mode=encode writes the latent dataset that data.name='latents' reads, but "
+            f"data.name={config.data.name!r}: use a latent config (configs/common.py latent_data)."
+        )
+    if not config.data.path:
+        raise ValueError(
+            "--mode=encode needs data.path, the latent dataset file to write: set "
+            "--config.data.path=LATENTS.npz."
+        )
+    want = latents.latent_shape(config)
+    got = experiment.image_shape(config)
+    if got != want:
+        raise ValueError(
+            f"The VAE turns {config.vae.images.image_size} px images into latents of shape "
+            f"{want} but data.image_size and data.channels give {got}; set them to match."
+        )
+
+
+def _image_source(config):
+    """The images to encode; errors name the vae.images fields, not the data fields."""
+    try:
+        return data.load_source(config.vae.images)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(str(e).replace("data.", "vae.images.")) from None
+
+
+def _global_batch(config, devices: int) -> int:
+    """vae.batch_size rounded up to a multiple of the device count."""
+    return -(-config.vae.batch_size // devices) * devices
+
+
+def _parts_dir(config) -> str:
+    return config.data.path + ".parts"
+
+
+def _part_path(parts_dir: str, start: int, stop: int) -> str:
+    return os.path.join(parts_dir, f"part_{start:010d}_{stop:010d}.npz")
+
+
+def _encode_settings(config, num_images: int) -> dict:
+    """What the saved parts depend on; parts written under other settings are discarded."""
+    v = config.vae
+    return {
+        "images": v.images.to_dict(),
+        "num_images": num_images,
+        "weights_path": os.path.abspath(os.path.expanduser(v.weights_path)),
+        "scale_factor": v.scale_factor,
+        "seed": v.seed,
+        "part_images": v.part_images,
+    }
+
+
+def _prepare_parts(parts_dir: str, settings: dict) -> None:
+    """Keeps parts saved under the same settings; starts over otherwise (process 0 only)."""
+    meta = os.path.join(parts_dir, "settings.json")
+    if jax.process_index() == 0:
+        stale = not os.path.isfile(meta) or _read_json(meta) != settings
+        if os.path.isdir(parts_dir) and stale:
+            shutil.rmtree(parts_dir)
+        if not os.path.isdir(parts_dir):
+            os.makedirs(parts_dir)
+            with open(meta, "w") as f:
+                json.dump(settings, f)
+    multihost_utils.sync_global_devices("cm.latents.prepare_parts")
+
+
+def encode(config, workdir: str):
+    """--mode=encode: the latent dataset of config.vae.images -> config.data.path."""
+    del workdir  # the latent dataset lives at data.path, shared by every run that trains on it
+    _check_latent_config(config)
+    out = config.data.path
+    if os.path.isfile(out):
+        print(f"{out} exists; delete it to encode again.")
+        return out
+    source = _image_source(config)
+    cfg = latents.model_config(config)
+    params = vae_weights.load(config.vae.weights_path, cfg)
+    mesh = experiment.make_mesh()
+    params = latents.replicate(params, mesh)
+    encoder = latents.make_encoder(cfg, config.vae.scale_factor, config.vae.seed, mesh)
+    batch = _global_batch(config, mesh.size)
+    if batch % jax.process_count():
+        raise ValueError(
+            f"vae.batch_size rounded to the devices ({batch}) must divide over the "
+            f"{jax.process_count()} processes; set vae.batch_size to a multiple of the devices."
+        )
+    n, part = len(source), config.vae.part_images
+    parts_dir = _parts_dir(config)
+    _prepare_parts(parts_dir, _encode_settings(config, n))
+    for start in range(0, n, part):
+        stop = min(start + part, n)
+        path = _part_path(parts_dir, start, stop)
+        if not os.path.isfile(path):
+            z, labels = _encode_range(source, encoder, params, mesh, start, stop, batch, n)
+            if jax.process_index() == 0:
+                np.savez(path + ".tmp.npz", latents=z, labels=labels)
+                os.replace(path + ".tmp.npz", path)
+        else:
+            _report(stop, n)
+    multihost_utils.sync_global_devices("cm.latents.parts_written")
+    if jax.process_index() == 0:
+        z, labels = _read_parts(parts_dir, n, part)
+        classes = config.vae.images.num_classes or source.num_classes
+        latent_data.write(out, z, labels, config.vae.scale_factor, classes)
+        shutil.rmtree(parts_dir)
+        print(f"{n} latents of shape {z.shape[1:]} -> {out}")
+    multihost_utils.sync_global_devices("cm.latents.done")
+    return out
+
+
+def _encode_range(source, encoder, params, mesh, start, stop, batch: int, n: int):
+    """Latents float32 [stop - start, h, w, c] and labels of images [start, stop)."""
+    p, count = jax.process_index(), jax.process_count()
+    local = batch // count
+    sharding = NamedSharding(mesh, P("data"))
+    zs, ys = [], []
+    for first in range(start, stop, batch):
+        # The padded tail repeats image n - 1; its rows are dropped below.
+        indices = np.minimum(np.arange(first, first + batch), n - 1)  # [batch]
+        rows = indices[p * local : (p + 1) * local]
+        pics, labels = source.get(rows)  # uint8 [local, H, W, C]
+        pics = pics.astype(np.float32) / 127.5 - 1.0
+        z = encoder(
+            params,
+            jax.make_array_from_process_local_data(sharding, pics),
+            jax.make_array_from_process_local_data(sharding, rows.astype(np.int32)),
+        )
+        z = multihost_utils.process_allgather(z, tiled=True)  # [batch, h, w, c]
+        y = multihost_utils.process_allgather(labels.astype(np.int32), tiled=True)
+        keep = min(batch, stop - first)
+        zs.append(np.asarray(z)[:keep])
+        ys.append(np.asarray(y)[:keep])
+        _report(first + keep, n)
+    return np.concatenate(zs), np.concatenate(ys)
+
+
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _read_parts(parts_dir: str, n: int, part: int):
+    zs, ys = [], []
+    for start in range(0, n, part):
+        with np.load(_part_path(parts_dir, start, min(start + part, n))) as f:
+            zs.append(f["latents"])
+            ys.append(f["labels"])
+    return np.concatenate(zs), np.concatenate(ys)
+
+
+def _report(done: int, total: int):
+    if jax.process_index() == 0:
+        print(f"\rencode: {done}/{total} images", end="\n" if done >= total else "", flush=True)

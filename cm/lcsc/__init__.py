@@ -1,0 +1,10 @@
+"""LCSC: linear combinations of saved checkpoints (PAPERS.md section 4), and the baselines.
+
+snapshots.py     reads one member (online, EMA, power EMA) of one snapshot at a time
+coefficients.py  coefficient vectors: EMA shapes, EMA at a rate, uniform last k, projection
+merge.py         theta = sum_i a_i theta_i in float32: streamed from disk, or from a device stack
+fitness.py       sample quality of merged parameters on fixed seeds (compiled once)
+search.py        evolutionary search and CMA-ES with a fitness cache, resumable state
+plots.py         PNG line and bar charts with pillow
+run.py           --mode=lcsc: baselines, search, held-out comparison, outputs
+"""

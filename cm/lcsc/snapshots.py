@@ -1,0 +1,89 @@
+"""The parameter stream of a run (<workdir>/snapshots/<step>), one member at a time.
+
+A snapshot holds {"params": online, "ema": (one per training.ema_rates), "power_ema": (one per
+training.power_ema_stds, when tracked)}. A member names one tree in it: ("params",),
+("ema", i) or ("power_ema", j). Only the requested member is read from disk, so no more than
+one parameter tree of one snapshot sits in host memory per call.
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from cm import experiment
+
+ONLINE = ("params",)
+
+
+def source_member(source: str) -> tuple:
+    """lcsc.source -> member: 'params' (online parameters) or 'ema' (the first EMA)."""
+    members = {"params": ONLINE, "ema": ("ema", 0)}
+    if source not in members:
+        raise ValueError(f"Unknown lcsc.source {source!r}; valid: {sorted(members)}.")
+    return members[source]
+
+
+class SnapshotStream:
+    """Read access to <workdir>/snapshots of a run trained with `config`."""
+
+    def __init__(self, workdir: str, config, exp: experiment.Experiment):
+        path = os.path.join(os.path.abspath(workdir), "snapshots")
+        if not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"No parameter snapshots in {path}; train with --config.training.snapshot_every "
+                "> 0 (the same --config and --workdir) first."
+            )
+        self._manager = ocp.CheckpointManager(
+            path, options=ocp.CheckpointManagerOptions(read_only=True)
+        )
+        shapes = jax.eval_shape(lambda: experiment.init_params(exp, config))
+        self._abstract = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=exp.replicated), shapes
+        )
+        self._restore_args = jax.tree.map(
+            lambda s: ocp.ArrayRestoreArgs(sharding=exp.replicated), shapes
+        )
+        self._skip = jax.tree.map(lambda s: ocp.PLACEHOLDER, shapes)
+        self._counts = {
+            "ema": len(config.training.ema_rates),
+            "power_ema": len(config.training.power_ema_stds),
+        }
+        self.workdir = workdir
+
+    def steps(self, first: int = 0, last: int = 0) -> list[int]:
+        """Snapshot steps with first <= step <= last (last 0 = no upper bound), ascending."""
+        steps = sorted(self._manager.all_steps())
+        return [s for s in steps if s >= first and (not last or s <= last)]
+
+    def _item(self, member: tuple, leaf, skip):
+        tree = {"params": leaf if member == ONLINE else skip}
+        for name, count in self._counts.items():
+            if count:
+                chosen = member[1] if member[0] == name else -1
+                tree[name] = tuple(leaf if i == chosen else skip for i in range(count))
+        return tree
+
+    def load(self, step: int, member: tuple = ONLINE):
+        """The member's parameter tree at `step`, replicated on the devices."""
+        kind = member[0]
+        if kind != "params" and not 0 <= member[1] < self._counts.get(kind, 0):
+            raise ValueError(
+                f"The snapshots of {self.workdir} hold {self._counts.get(kind, 0)} {kind} trees, "
+                f"not index {member[1]}; check training.ema_rates / training.power_ema_stds."
+            )
+        args = ocp.args.PyTreeRestore(
+            item=self._item(member, self._abstract, self._skip),
+            restore_args=self._item(member, self._restore_args, self._skip),
+        )
+        try:
+            tree = self._manager.restore(step, args=args)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise ValueError(
+                f"The snapshot at step {step} in {self.workdir} does not match this config "
+                f"({str(e).splitlines()[0][:200]}); run --mode=lcsc with the run's own config."
+            ) from e
+        return tree["params"] if member == ONLINE else tree[kind][member[1]]
+
+    def close(self):
+        self._manager.close()

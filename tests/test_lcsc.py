@@ -1,0 +1,376 @@
+"""LCSC (PAPERS.md section 4) and the EDM2 power EMA: formulas, merging, search, the mode."""
+
+import dataclasses
+import json
+import os
+import pickle
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from helpers import tiny_config
+from scipy import integrate
+
+from cm import experiment, modes, power_ema
+from cm import state as state_lib
+from cm.checkpoint import Checkpointer
+from cm.lcsc import baselines, coefficients, merge, search
+from cm.lcsc import run as lcsc_run
+from cm.lcsc.snapshots import SnapshotStream
+from configs.common import base_config
+
+# ---------------------------------------------------------------- EDM2 power EMA
+
+
+def test_sigma_rel_and_gamma_match_edm2():
+    # EDM2 (section 3.1): sigma_rel 0.05 <-> gamma 16.97, sigma_rel 0.10 <-> gamma 6.94.
+    assert power_ema.std_to_gamma(0.05) == pytest.approx(16.97, abs=0.005)
+    assert power_ema.std_to_gamma(0.10) == pytest.approx(6.94, abs=0.005)
+    for gamma in (0.5, 3.0, 16.97):
+        assert power_ema.std_to_gamma(power_ema.gamma_to_std(gamma)) == pytest.approx(gamma)
+    with pytest.raises(ValueError, match="outside"):
+        power_ema.std_to_gamma(0.5)
+
+
+def _track(thetas, gamma):
+    """Power EMA of a scalar trajectory theta_1..theta_T through power_ema.update."""
+    step = jax.jit(lambda ema, theta, t: power_ema.update(ema, theta, t, (gamma,)))
+    ema = (jnp.float32(0.0),)
+    out = []
+    for t, theta in enumerate(thetas, start=1):
+        ema = step(ema, jnp.float32(theta), t)
+        out.append(ema[0])
+    return np.array(jax.device_get(out))
+
+
+def test_power_ema_update_has_the_closed_form_weights():
+    # gamma = 0: beta_t = 1 - 1/t, the running mean. gamma = 1: beta_t = (1 - 1/t)^2, whose
+    # weights are w_t = (1 - beta_t) prod_{s > t} beta_s = (2t - 1) / T^2.
+    thetas = np.random.default_rng(0).normal(size=50)
+    t = np.arange(1, 51)
+    np.testing.assert_allclose(_track(thetas, 0.0), np.cumsum(thetas) / t, rtol=1e-5, atol=1e-6)
+    expected = np.cumsum((2 * t - 1) * thetas) / t**2
+    np.testing.assert_allclose(_track(thetas, 1.0), expected, rtol=1e-4, atol=1e-6)
+    # Accurate at large t in float32, where 1 - 1/t rounds: 1 - beta = (g + 1) / t + O(1/t^2).
+    w = float(power_ema.one_minus_beta(4e5, 6.94))
+    assert w == pytest.approx(-np.expm1(7.94 * np.log1p(-1 / 4e5)), rel=1e-5)
+
+
+def test_profile_inner_product_matches_numerical_integral():
+    def profile(t, g):
+        return lambda tau: (g + 1) * tau**g / t ** (g + 1) if tau <= t else 0.0
+
+    for t_a, g_a, t_b, g_b in [(100, 3.0, 250, 6.94), (400, 16.97, 300, 0.5), (50, 1, 50, 2)]:
+        f, h = profile(t_a, g_a), profile(t_b, g_b)
+        value = integrate.quad(lambda x, f=f, h=h: f(x) * h(x), 0, min(t_a, t_b), limit=200)[0]
+        assert power_ema.profile_dot(t_a, g_a, t_b, g_b) == pytest.approx(value, rel=1e-6)
+
+
+def test_posthoc_reconstruction_matches_a_directly_tracked_ema():
+    # Track gammas 16.97 and 6.94 on a smooth trajectory, snapshot every 50 steps; reconstruct
+    # sigma_rel 0.075 at the end and compare with that EMA tracked directly.
+    steps = np.arange(1, 1001)
+    thetas = np.sin(steps / 150.0) + 0.002 * steps
+    tracked = {g: _track(thetas, g) for g in (16.97, 6.94)}
+    snap = np.arange(50, 1001, 50)
+    in_t = np.concatenate([snap, snap])
+    in_g = np.repeat([16.97, 6.94], len(snap))
+    values = np.concatenate([tracked[16.97][snap - 1], tracked[6.94][snap - 1]])
+    out_g = power_ema.std_to_gamma(0.075)
+    x = power_ema.posthoc_coefficients(in_t, in_g, 1000, out_g)
+    direct = _track(thetas, out_g)[-1]
+    assert x @ values == pytest.approx(direct, abs=2e-3)
+    assert abs(x @ values - direct) < 0.05 * abs(direct - tracked[6.94][-1])
+    # A tracked profile itself is reconstructed by its own snapshot.
+    own = power_ema.posthoc_coefficients(in_t, in_g, 1000, 6.94)
+    np.testing.assert_allclose(own, np.eye(len(in_t))[-1], atol=1e-6)
+
+
+# ---------------------------------------------------------------- coefficient vectors
+
+
+def test_coefficient_vectors_by_hand():
+    np.testing.assert_allclose(coefficients.ema_shaped(3, 0.5), np.array([1, 2, 4]) / 7)
+    np.testing.assert_allclose(coefficients.uniform_last(4, 2), [0, 0, 0.5, 0.5])
+    np.testing.assert_allclose(
+        coefficients.project_sum_one([1.0, 2.0, -1.0]), [2 / 3, 5 / 3, -4 / 3]
+    )
+    # r = 0.5, snapshots at 1, 2, 4: [r^3, r^2 - r^3, 1 - r^2] = [1/8, 1/8, 3/4].
+    np.testing.assert_allclose(
+        coefficients.ema_from_snapshots([1, 2, 4], 0.5), [1 / 8, 1 / 8, 3 / 4]
+    )
+
+
+def test_ema_from_snapshots_is_exact_for_a_blockwise_constant_trajectory():
+    # Parameters constant on each block (s_{i-1}, s_i] (and up to s_1): the per-step EMA (started
+    # at step 0 from the first block's value) equals the snapshot combination exactly.
+    steps, values, rate = [10, 20, 30, 40], np.array([1.0, -2.0, 0.5, 3.0]), 0.97
+    ema = values[0]
+    for tau in range(1, 41):
+        ema = rate * ema + (1 - rate) * values[np.searchsorted(steps, tau)]
+    assert coefficients.ema_from_snapshots(steps, rate) @ values == pytest.approx(ema, rel=1e-12)
+
+
+# ---------------------------------------------------------------- merging
+
+
+def _random_trees(k):
+    rng = np.random.default_rng(1)
+    return [
+        {
+            "a": rng.normal(size=(3, 4)).astype(np.float32),
+            "b": {"c": rng.normal(size=5).astype(np.float32)},
+        }
+        for _ in range(k)
+    ]
+
+
+def test_streaming_and_stacked_merges_agree_and_compile_once():
+    trees = _random_trees(5)
+    load = lambda i: jax.device_put(trees[i])  # noqa: E731
+    mesh = experiment.make_mesh()
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    stack = merge.StackedSnapshots(load, list(range(5)), replicated)
+    before = merge._contract._cache_size()
+    for seed in range(3):
+        a = coefficients.project_sum_one(np.random.default_rng(seed).normal(size=5) * 3)
+        expected = jax.tree.map(lambda *xs, a=a: np.tensordot(a, np.stack(xs), axes=1), *trees)
+        for got in (stack.merge(a), merge.merge_streaming(load, list(range(5)), a)):
+            jax.tree.map(
+                lambda g, e: np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5), got, expected
+            )
+    assert merge._contract._cache_size() - before <= 1  # one program for every coefficient vector
+
+
+# ---------------------------------------------------------------- search
+
+
+def _search_config(optimizer, **overrides):
+    lc = base_config().lcsc
+    lc.optimizer = optimizer
+    for k, v in overrides.items():
+        lc[k] = v
+    return lc
+
+
+TARGET = np.array([-0.6, 0.3, 0.1, 0.9, 0.3])  # sums to 1, one negative coefficient
+
+
+def _synthetic(a):
+    return float(np.sum((np.asarray(a) - TARGET) ** 2))
+
+
+@pytest.mark.parametrize(
+    "optimizer, generations, overrides",
+    [("evolution", 60, {"mutation_std": 0.05}), ("cma", 40, {"cma_sigma": 0.3, "population": 10})],
+)
+def test_search_finds_a_known_optimum(optimizer, generations, overrides):
+    lc = _search_config(optimizer, **overrides)
+    opt = search.make_optimizer(5, lc, start=np.full(5, 0.2))
+    history = []
+    best, value = search.run_search(opt, _synthetic, generations, {}, history, lc)
+    assert len(history) == generations
+    assert abs(best.sum() - 1) < 1e-6
+    np.testing.assert_allclose(best, TARGET, atol=0.03)
+    assert value < 1e-3 and history[-1]["best"] <= history[0]["best"]
+    assert history[-1]["median"] < history[0]["median"]
+
+
+@pytest.mark.parametrize("optimizer", ["evolution", "cma"])
+def test_search_resumed_from_pickled_state_equals_uninterrupted(optimizer):
+    lc = _search_config(optimizer, population=6)
+    whole = search.make_optimizer(5, lc, np.full(5, 0.2))
+    search.run_search(whole, _synthetic, 6, {}, [], lc)
+    first = search.make_optimizer(5, lc, np.full(5, 0.2))
+    cache, history = {}, []
+    search.run_search(first, _synthetic, 3, cache, history, lc)
+    resumed = pickle.loads(pickle.dumps((first, cache, history)))
+    search.run_search(resumed[0], _synthetic, 6, resumed[1], resumed[2], lc)
+    np.testing.assert_array_equal(resumed[0].ask(), whole.ask())
+    assert [h["generation"] for h in resumed[2]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_evolution_keeps_elites_and_the_sum():
+    lc = _search_config("evolution", population=8, elite=2)
+    rng = np.random.default_rng(0)
+    population = search.initial_population(5, 8, lc.init_betas, rng)
+    np.testing.assert_allclose(population[0], coefficients.ema_shaped(5, lc.init_betas[0]))
+    fitness = np.arange(8.0)[::-1]
+    nxt = search.next_generation(population, fitness, lc, rng)
+    np.testing.assert_array_equal(nxt[:2], population[[7, 6]])
+    np.testing.assert_allclose(nxt.sum(1), 1.0)
+
+
+def test_greedy_soup_adds_only_what_helps():
+    # Snapshots 0..3; the soup of {1, 2} is best, adding 0 or 3 makes it worse.
+    def evaluate(a):
+        return float(np.sum((a - np.array([0, 0.5, 0.5, 0])) ** 2))
+
+    individual = np.array([evaluate(np.eye(4)[i]) for i in range(4)]) + [0, 0, 0.01, 0.02]
+    np.testing.assert_allclose(baselines.greedy_soup(evaluate, individual), [0, 0.5, 0.5, 0])
+
+
+# ---------------------------------------------------------------- the mode, end to end
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A workdir with snapshots at steps 1, 2, 3 of a one-level tiny network (online, one EMA,
+    two power EMAs), written directly: random parameters, no training to compile. (That
+    training tracks the power EMAs is tested in test_train.py.)"""
+    workdir = tmp_path_factory.mktemp("lcsc_run")
+    c = tiny_config()
+    c.model.channel_mult = (1,)
+    c.training.power_ema_stds = (0.05, 0.10)
+    c.sampling.consistency_levels = ((),)
+    c.lcsc.population = 4
+    c.lcsc.generations = 2
+    c.lcsc.search_samples = 16
+    c.lcsc.heldout_samples = 16
+    c.lcsc.uniform_last_k = (2,)
+    c.lcsc.ema_rates = (0.5,)
+    c.lcsc.posthoc_stds = (0.075,)
+    exp = experiment.build(c)
+    shapes = jax.eval_shape(lambda: experiment.init_params(exp, c))
+    rng = np.random.default_rng(0)
+
+    def tree():
+        return jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(s.dtype), shapes)
+
+    ckpt = Checkpointer(str(workdir), 1, c.to_dict())
+    for step in (1, 2, 3):
+        ckpt.save_snapshot(step, tree(), (tree(),), (tree(), tree()))
+    ckpt.close()
+    return c, str(workdir)
+
+
+def _state(workdir):
+    with open(os.path.join(workdir, "lcsc", "state.pkl"), "rb") as f:
+        return pickle.load(f)
+
+
+def test_lcsc_mode_outputs_resume_and_merged_checkpoint(run, monkeypatch):
+    c, workdir = run
+    # Kill the search at its first new evaluation after generation 1 is saved, then run the
+    # same command again: nothing evaluated before the kill is evaluated again.
+    real_call, real_save, calls, saved = (
+        lcsc_run.Fitness.__call__,
+        lcsc_run.SearchState.save,
+        [],
+        [],
+    )
+
+    def dying(self, params, seed, num_samples):
+        if saved and saved[-1] >= 1:
+            raise KeyboardInterrupt
+        calls.append(seed)
+        return real_call(self, params, seed, num_samples)
+
+    def recording_save(self, path):
+        real_save(self, path)
+        saved.append(len(self.history))
+
+    monkeypatch.setattr(lcsc_run.Fitness, "__call__", dying)
+    # Count the traces of the network inside the sampler: one for every candidate of the run.
+    build, traces = experiment.build, []
+
+    def counting_build(config):
+        exp = build(config)
+
+        def denoise(*args, **kwargs):
+            traces.append(1)
+            return exp.denoise(*args, **kwargs)
+
+        return dataclasses.replace(exp, denoise=denoise)
+
+    monkeypatch.setattr(experiment, "build", counting_build)
+    monkeypatch.setattr(lcsc_run.SearchState, "save", recording_save)
+    with pytest.raises(KeyboardInterrupt):
+        modes.run("lcsc", c, workdir)
+    killed = _state(workdir)
+    assert [h["generation"] for h in killed.history] == [1]
+    saved.clear()
+    saved.append(0)
+    calls.clear()
+    monkeypatch.setattr(
+        lcsc_run.Fitness, "__call__", lambda *a: calls.append(a[2]) or real_call(*a)
+    )
+    traces.clear()
+    report = modes.run("lcsc", c, workdir)
+    assert len(traces) == 1  # search and held-out candidates share one compiled sampler
+    final = _state(workdir)
+    assert [h["generation"] for h in final.history] == [1, 2]
+    new_entries = (
+        len(final.cache) + len(final.baselines) - len(killed.cache) - len(killed.baselines)
+    )
+    assert calls.count(c.lcsc.search_seed) == new_entries > 0
+
+    rows = report["results"]
+    expected = {"lcsc", "final_ema3", "final_online3", "uniform_last2", "ema_rate0.5"}
+    assert expected | {"posthoc_std0.075", "greedy_soup"} <= set(rows)
+    assert calls.count(c.lcsc.heldout_seed) == len(rows)
+    assert rows["lcsc"]["search"] == min(h["best"] for h in final.history)
+    for name in ("heldout.json", "coefficients.json", "generations.json", "fitness.png"):
+        assert os.path.exists(os.path.join(workdir, "lcsc", name))
+    assert os.path.exists(os.path.join(workdir, "lcsc", "coefficients.png"))
+    # The merged checkpoint holds the LCSC combination; --mode=sample and eval restore it.
+    with open(os.path.join(workdir, "lcsc", "coefficients.json")) as f:
+        a = np.array(json.load(f)["candidates"]["lcsc"]["coefficients"])
+    stream = SnapshotStream(workdir, c, experiment.build(c))
+    expected_params = merge.merge_streaming(stream.load, [1, 2, 3], a)
+    stream.close()
+    _, params, step = modes.restore_for_sampling(c, os.path.join(workdir, "lcsc", "merged"))
+    assert step == 3
+    jax.tree.map(
+        lambda g, e: np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6), params, expected_params
+    )
+
+
+def test_lcsc_user_errors_are_one_sentence(run, tmp_path):
+    c, workdir = run
+    bad = c.copy_and_resolve_references()
+    bad.lcsc.heldout_seed = bad.lcsc.search_seed
+    with pytest.raises(ValueError, match="never saw"):
+        modes.run("lcsc", bad, workdir)
+    with pytest.raises(FileNotFoundError, match="snapshot_every"):
+        modes.run("lcsc", c, str(tmp_path))
+    other = c.copy_and_resolve_references()
+    other.lcsc.seed = 7
+    with pytest.raises(ValueError, match="lcsc.seed"):
+        modes.run("lcsc", other, workdir)
+
+
+def test_checkpoints_of_runs_without_power_emas_keep_their_layout(tmp_path):
+    """A run without power EMAs saves and restores the layout checkpoints had before the field
+    existed, so older workdirs still resume; a run with them round-trips them."""
+
+    @flax.struct.dataclass
+    class StateBeforePowerEma:
+        step: jax.Array
+        params: dict
+        opt_state: tuple
+        ema: tuple
+
+    tx = optax.adam(1e-3)
+    for power in (0, 2):
+        train_state = state_lib.create({"w": jnp.arange(3.0)}, tx, 1, power)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), train_state)
+        old = StateBeforePowerEma(
+            *(getattr(train_state, f) for f in ("step", "params", "opt_state", "ema"))
+        )
+        for writer in ("checkpointer", "before") if power == 0 else ("checkpointer",):
+            workdir = str(tmp_path / f"{writer}{power}")
+            ckpt = Checkpointer(workdir, 1, {})
+            if writer == "checkpointer":
+                ckpt.save(3, train_state)
+            else:
+                ckpt._state.save(3, args=ocp.args.StandardSave(old))
+            ckpt.wait()
+            restored = ckpt.restore(abstract)
+            ckpt.close()
+            assert len(restored.power_ema) == power
+            jax.tree.map(np.testing.assert_array_equal, restored, train_state)
