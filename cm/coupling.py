@@ -10,11 +10,11 @@ sees the same coupled noise.
 """
 
 import concurrent.futures
-import queue
-import threading
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+from cm.prefetch import BackgroundIterator
 
 # Mixed into the noise seed so that it never collides with other numpy streams of the run.
 _NOISE_STREAM = 0x07C0
@@ -70,11 +70,12 @@ def couple_batch(
     return np.concatenate(parts, axis=0)
 
 
-class CoupledBatches:
+class CoupledBatches(BackgroundIterator):
     """Wraps a batch iterator starting at `start_step`; adds batch['noise'] computed ahead.
 
     A thread pulls batch k + 1, k + 2, ... (up to `prefetch`) and couples them while the
-    caller's device step k runs. Use as an iterator; `close()` stops the thread.
+    caller's device step k runs. Use as an iterator; `close()` stops the thread, then the
+    wrapped iterator.
     """
 
     def __init__(
@@ -88,56 +89,21 @@ class CoupledBatches:
         threads: int = 0,
     ):
         self._batches = batches
-        self._seed, self._shard_size, self._first_shard = seed, shard_size, first_shard
         self._pool = concurrent.futures.ThreadPoolExecutor(threads) if threads > 1 else None
-        self._queue: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, args=(start_step,), daemon=True)
-        self._thread.start()
 
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def _produce(self, step: int) -> None:
-        try:
-            for batch in self._batches:
+        def coupled():
+            for step, batch in enumerate(batches, start=start_step):
                 noise = couple_batch(
-                    batch["image"],
-                    step,
-                    self._seed,
-                    self._shard_size,
-                    self._first_shard,
-                    self._pool,
+                    batch["image"], step, seed, shard_size, first_shard, self._pool
                 )
-                if not self._put({**batch, "noise": noise}):
-                    return
-                step += 1
-        except Exception as e:  # handed to the consumer, raised by __next__
-            self._put(e)
+                yield {**batch, "noise": noise}
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        if self._stop.is_set():
-            raise StopIteration
-        item = self._queue.get()
-        if isinstance(item, Exception):
-            self.close()
-            raise item
-        return item
+        super().__init__(coupled(), prefetch)
 
     def close(self) -> None:
         """Stops the thread, then the wrapped iterator (still running, so the thread never
         waits on it forever)."""
-        self._stop.set()
-        self._thread.join()
+        super().close()
         close = getattr(self._batches, "close", None)
         if close is not None:
             close()

@@ -21,15 +21,15 @@ on how many processes read it.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
-import queue
-import threading
 from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
 from cm import latent_data
+from cm.prefetch import BackgroundIterator
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 DIGITS_TRAIN_SIZE = 1500  # digits "train" = images [0, 1500), "test" = [1500, 1797)
@@ -314,7 +314,7 @@ def batch_at(
     return {"image": image, "label": labels.astype(np.int32)}
 
 
-class BatchIterator:
+class BatchIterator(BackgroundIterator):
     """`batch_at(step)` for step = start_step, start_step + 1, ..., computed ahead in a thread.
 
     `step` is the step of the batch the next `__next__` returns, so a checkpoint of the train
@@ -333,7 +333,7 @@ class BatchIterator:
         prefetch: int = 2,
     ):
         self.step = start_step
-        self._make = functools.partial(
+        make = functools.partial(
             batch_at,
             source,
             global_batch=global_batch,
@@ -342,47 +342,9 @@ class BatchIterator:
             process_index=process_index,
             process_count=process_count,
         )
-        self._queue: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, args=(start_step,), daemon=True)
-        self._thread.start()
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def _produce(self, step: int) -> None:
-        try:
-            while self._put(self._make(step)):
-                step += 1
-        except Exception as e:  # handed to the consumer, raised by __next__
-            self._put(e)
-
-    def __iter__(self):
-        return self
+        super().__init__((make(step) for step in itertools.count(start_step)), prefetch)
 
     def __next__(self) -> dict[str, np.ndarray]:
-        if self._stop.is_set():
-            raise StopIteration
-        item = self._queue.get()
-        if isinstance(item, Exception):
-            self.close()
-            raise item
+        item = super().__next__()
         self.step += 1
         return item
-
-    def close(self) -> None:
-        """Stop the thread; later `__next__` calls raise StopIteration."""
-        self._stop.set()
-        self._thread.join()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
