@@ -5,6 +5,13 @@ import math
 import numpy as np
 from PIL import Image
 
+DISPLAY_SIZE = 128  # small sample images are upscaled to at least this many pixels per cell
+
+
+def display_upscale(image_size: int) -> int:
+    """Integer nearest-neighbour factor that shows [image_size]^2 samples at >= DISPLAY_SIZE."""
+    return max(1, DISPLAY_SIZE // image_size)
+
 
 def make_grid(images, columns: int | None = None, pad: int = 1):
     """uint8 [N, H, W, C] -> uint8 [rows*(H+pad)+pad, cols*(W+pad)+pad, C] tiled grid."""

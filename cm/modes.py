@@ -53,7 +53,7 @@ def sample(config, workdir: str):
             os.makedirs(out_dir, exist_ok=True)
             stem = os.path.join(out_dir, f"{name}_step{step:08d}")
             np.savez(stem + ".npz", images=pics, labels=labels)
-            upscale = max(1, 128 // pics.shape[1])  # decoded latents are larger than the data
+            upscale = images.display_upscale(pics.shape[1])  # decoded latents: larger than data
             images.save_png(stem + ".png", images.make_grid(pics[:100]), upscale)
             logging.info("Wrote %d samples to %s.npz", len(pics), stem)
             print(f"{name}: {len(pics)} samples -> {stem}.npz, {stem}.png")

@@ -89,7 +89,7 @@ def write_sample_grids(config, exp, samplers, params, step: int, workdir: str, w
         grid = images.make_grid(pics, columns=config.data.num_classes or None)
         if jax.process_index() == 0:
             os.makedirs(out_dir, exist_ok=True)
-            upscale = max(1, 128 // pics.shape[1])  # decoded latents are larger than the data
+            upscale = images.display_upscale(pics.shape[1])  # decoded latents: larger than data
             images.save_png(os.path.join(out_dir, f"step{step:08d}_{name}.png"), grid, upscale)
         writer.write_images(step, {f"samples/{name}": grid[None]})
 

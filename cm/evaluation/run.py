@@ -46,7 +46,7 @@ def evaluate(config, workdir: str, exp, params, step: int) -> dict:
         path = os.path.join(out_dir, f"metrics_step{step:08d}.json")
         with open(path, "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
-        upscale = max(1, 128 // latent_data.image_data(config).image_size)
+        upscale = images.display_upscale(latent_data.image_data(config).image_size)
         for name, grid in grids.items():
             images.save_png(os.path.join(out_dir, f"{name}_step{step:08d}.png"), grid, upscale)
         print(format_results(results))
