@@ -85,6 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Stop (with a checkpoint) after this many steps in one process, 0 = run to num_steps: for
     # clusters with job time limits; the same command resumes.
     c.training.steps_per_run = 0
+    # One training process per workdir (cm/workdir_lock.py): the owner refreshes lock.json every
+    # heartbeat; a lock whose heartbeat is older than stale_seconds is taken over (a dead owner on
+    # the same host is detected at once by its pid).
+    c.training.lock_heartbeat_seconds = 30.0
+    c.training.lock_stale_seconds = 300.0
 
     c.sampling = ml_collections.ConfigDict()
     c.sampling.num_samples = 64
