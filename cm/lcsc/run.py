@@ -151,13 +151,13 @@ def _lcsc(config, workdir: str, exp, stream) -> dict:
     st = search_state.load_or_new(state_path, steps, search_settings(lc), lc.name)
     ev = Evaluations(config, workdir, exp, stream, members, st, state_path)
 
-    found_baselines = _baselines(config, steps, members, ev)
-    values = {c.name: ev.search(c) for c in found_baselines}
-    result = _search(lc, members, found_baselines, values, ev, st, state_path)
+    baseline_candidates = _baselines(config, steps, members, ev)
+    values = {c.name: ev.search(c) for c in baseline_candidates}
+    result = _search(lc, members, baseline_candidates, values, ev, st, state_path)
     found = found_for(result, members)
     values.update({"lcsc": result.value, "lcsc_search": result.search_value})
     finals = baselines.finals(steps[-1], len(config.training.ema_rates))
-    scored = candidates.best_per_family(found_baselines, values) + found + finals
+    scored = candidates.best_per_family(baseline_candidates, values) + found + finals
     rows = {c.name: {"search": values.get(c.name), **ev.heldout(c)} for c in scored}
     rep = report.build(lc, ev.fitness.key, steps, rows)
     if jax.process_index() == 0:
@@ -166,7 +166,7 @@ def _lcsc(config, workdir: str, exp, stream) -> dict:
         params = ev.params(found[0])
         outputs.write_merged(config, exp, params, found[0].vector, steps[-1], out_dir / "merged")
     if jax.process_index() == 0:
-        outputs.write_results(out_dir, steps, found_baselines + found + finals, st.history, rep)
+        outputs.write_results(out_dir, steps, baseline_candidates + found + finals, st.history, rep)
     return rep
 
 
@@ -183,10 +183,10 @@ def _baselines(config, steps, members, ev: Evaluations) -> list[Candidate]:
     return out
 
 
-def _search(lc, members, found_baselines, values, ev, st, state_path) -> search.Result:
+def _search(lc, members, baseline_candidates, values, ev, st, state_path) -> search.Result:
     """The search from its saved state; its start is fixed (and saved) the first time."""
     if st.start is None:
-        st.start = candidates.search_start(found_baselines, values, members).tolist()
+        st.start = candidates.search_start(baseline_candidates, values, members).tolist()
         search_state.save(st, state_path)
 
     def save():
