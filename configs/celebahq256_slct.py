@@ -29,16 +29,15 @@ PAPERS.md gives no batch size or step count for this recipe: the ones below are 
 
 from cm import schedules
 from configs.common import base_config, latent_data, slct_latent_model
+from configs.variants import parse_variant
 
 # The second sampling level: this index of the (s1 + 1)-level grid, counted from sigma_max.
 SECOND_LEVEL_INDEX = 440
-ARGS = ("", "slct", "ilct")
+VARIANTS = ("slct", "ilct")  # "slct" names the default explicitly
 
 
 def get_config(arg=None):
-    arg = arg or ""
-    if arg not in ARGS:
-        raise ValueError(f"Unknown celebahq256_slct argument {arg!r}; valid: {list(ARGS)}.")
+    arg = parse_variant(__file__, arg, VARIANTS)
     c = base_config()
     c.vae.images.name = "folder"
     c.vae.images.image_size = 256

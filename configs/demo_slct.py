@@ -13,14 +13,13 @@ groupnorm (GroupNorm instead of NsLN). The optimizer and EMA stay the demo's.
 """
 
 from configs import demo
+from configs.variants import parse_variant
 
-ABLATIONS = ("", "no_cauchy", "no_diffusion", "no_ot", "groupnorm")
+ABLATIONS = ("no_cauchy", "no_diffusion", "no_ot", "groupnorm")
 
 
 def get_config(arg=None):
-    arg = arg or ""
-    if arg not in ABLATIONS:
-        raise ValueError(f"Unknown demo_slct argument {arg!r}; valid: {list(ABLATIONS)}.")
+    arg = parse_variant(__file__, arg, ABLATIONS)
     c = demo.get_config()
     c.method.s1 = 640
     c.method.distance = "cauchy"
