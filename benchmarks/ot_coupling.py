@@ -67,6 +67,7 @@ def step_cost(batch: int, steps: int):
     """
     config = celebahq256_slct.get_config()
     config.training.batch_size = batch
+    config.method.ot_group_size = batch  # one OT group (the coupling is timed in part 1)
     exp = experiment.build(config, jax.devices()[:1])
     step_fn = train.make_train_step(exp, tuple(config.training.ema_rates), config.seed)
     rng = np.random.default_rng(0)

@@ -24,7 +24,7 @@ scripts) differ, this config follows the CODE, since the published numbers come 
   device count (the paper says "minibatch");
 - iLCT's pseudo-Huber is sqrt(mean((a - b)^2) + c^2) - c (`pseudo_huber_lct`), a mean over
   elements, where iCT's is over the whole vector.
-PAPERS.md gives no batch size or step count for this recipe: the ones below are our choice.
+docs/methods.md gives no batch size or step count for this recipe: the ones below are our choice.
 """
 
 from cm import schedules
@@ -62,8 +62,8 @@ def get_config(arg=None):
     c.optim.weight_decay = 1e-4
     c.optim.eps = 1e-4  # the authors' code (not in the paper text)
 
-    c.training.batch_size = 256  # our choice (not in PAPERS.md)
-    c.training.num_steps = 400_000  # our choice (not in PAPERS.md)
+    c.training.batch_size = 256  # our choice (not in docs/methods.md)
+    c.training.num_steps = 400_000  # our choice (not in docs/methods.md)
     # Sampling, evaluation and LCSC's "ema" use the FIRST rate: 0.9999 as the authors' code
     # evaluates; the paper's 0.99993 is tracked beside it.
     c.training.ema_rates = (0.9999, 0.99993)
