@@ -88,6 +88,26 @@ def test_posthoc_reconstruction_matches_a_directly_tracked_ema():
     np.testing.assert_allclose(own, np.eye(len(in_t))[-1], atol=1e-6)
 
 
+def test_posthoc_coefficients_sum_to_one_and_reproduce_tracked_snapshots():
+    # EDM2's solve_posthoc_coefficients divides the least-squares weights by their sum. With
+    # 0.05/0.10 snapshots every 100 of 1000 steps, plain least squares for sigma_rel 0.15 sums
+    # to 0.99747 (measured), so the normalization is what makes the sum exactly 1.
+    snap = np.arange(100, 1001, 100)
+    in_t = np.concatenate([snap, snap])
+    gammas = [power_ema.std_to_gamma(s) for s in (0.05, 0.10)]
+    in_g = np.repeat(gammas, len(snap))
+    for std in (0.15, 0.075, 0.03):
+        x = power_ema.posthoc_coefficients(in_t, in_g, 1000, power_ema.std_to_gamma(std))
+        assert x.sum() == pytest.approx(1.0, abs=1e-12)
+    a = power_ema.profile_dot(in_t[:, None], in_g[:, None], in_t[None, :], in_g[None, :])
+    b = power_ema.profile_dot(in_t, in_g, 1000, power_ema.std_to_gamma(0.15))
+    assert np.linalg.lstsq(a, b, rcond=None)[0].sum() == pytest.approx(0.99747, abs=1e-5)
+    # Asking for a tracked profile (sigma_rel, snapshot time) returns that snapshot, one-hot.
+    for k, (t, g) in enumerate(zip(in_t, in_g, strict=True)):
+        x = power_ema.posthoc_coefficients(in_t, in_g, t, g)
+        np.testing.assert_allclose(x, np.eye(len(in_t))[k], atol=1e-8)
+
+
 # ---------------------------------------------------------------- coefficient vectors
 
 

@@ -10,7 +10,9 @@ the real weights would reject and random-init comparisons catch).
 Module names equal the keys of pytorch-fid's state dict (`Mixed_6b.branch7x7dbl_5.conv.weight`
 is params['Mixed_6b']['branch7x7dbl_5']['conv']['kernel']), so loading is a renaming.
 Images are NHWC. The network is convolutional up to the global pool; inputs must be at least
-75x75 (299x299 in the FID protocol).
+75x75 (299x299 in the FID protocol). Every convolution and matmul runs at full float32
+precision (HIGHEST) whatever the device default (TF32 or bfloat16 passes on GPUs and TPUs
+would move the features, and FID with them, away from the float32 reference).
 """
 
 import io
@@ -29,6 +31,7 @@ MIN_INPUT_SIZE = 75  # smaller inputs vanish before the global pool
 NUM_CLASSES = 1008  # the 2015-12-05 graph's classifier width
 FEATURE_DIM = 2048  # pool3 features
 BN_EPS = 1e-3
+PRECISION = jax.lax.Precision.HIGHEST  # of every conv and matmul: float32 on any device
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_FILE
@@ -52,6 +55,7 @@ class ConvBN(nn.Module):
             self.strides,
             padding=((ph, ph), (pw, pw)),
             use_bias=False,
+            precision=PRECISION,
             name="conv",
         )(x)
         x = nn.BatchNorm(use_running_average=True, epsilon=BN_EPS, name="bn")(x)
@@ -166,7 +170,7 @@ class Classifier(nn.Module):
     def __call__(self, pool):  # [B, 2048] -> ([B, 1008], [B, 1008])
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (FEATURE_DIM, NUM_CLASSES))
         bias = self.param("bias", nn.initializers.zeros, (NUM_CLASSES,))
-        unbiased = pool @ kernel
+        unbiased = jnp.matmul(pool, kernel, precision=PRECISION)  # [B, 1008]
         return unbiased + bias, unbiased
 
 

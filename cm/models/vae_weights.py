@@ -16,9 +16,9 @@ import numpy as np
 from cm.models import vae
 
 WEIGHTS_HELP = (
-    "download vae/diffusion_pytorch_model.safetensors of the Hugging Face repository "
-    "stabilityai/sd-vae-ft-mse (or the vae/ folder of a Stable Diffusion v1 repository) and "
-    "set vae.weights_path to it"
+    "download diffusion_pytorch_model.safetensors of the Hugging Face repository "
+    "stabilityai/sd-vae-ft-ema (configs/celebahq256_slct.py) or stabilityai/sd-vae-ft-mse "
+    "(the default elsewhere) and set vae.weights_path to it"
 )
 _LEGACY_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
