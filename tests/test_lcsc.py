@@ -2,18 +2,14 @@
 
 import dataclasses
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import orbax.checkpoint as ocp
 import pytest
 from helpers import tiny_config
 from scipy import integrate
 
 from cm import experiment, fileio, modes, power_ema
-from cm import state as state_lib
 from cm.checkpoint import Checkpointer
 from cm.lcsc import baselines, candidates, coefficients, merge, search, search_state
 from cm.lcsc import run as lcsc_run
@@ -354,7 +350,7 @@ def run(tmp_path_factory):
     def tree():
         return jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(s.dtype), shapes)
 
-    ckpt = Checkpointer(str(workdir), 1, c.to_dict())
+    ckpt = Checkpointer(str(workdir), 1)
     for step in (1, 2, 3):
         ckpt.save_snapshot(step, tree(), (tree(),), (tree(), tree()))
     ckpt.close()
@@ -507,35 +503,3 @@ def test_lcsc_user_errors_are_one_sentence(run, tmp_path):
     fileio.write_bytes_atomic(fileio.path(workdir) / "legacy" / "state.pkl", b"not read")
     with pytest.raises(ValueError, match="pickle state is no longer read"):
         modes.run("lcsc", legacy, workdir)
-
-
-def test_checkpoints_of_runs_without_power_emas_keep_their_layout(tmp_path):
-    """A run without power EMAs saves and restores the layout checkpoints had before the field
-    existed, so older workdirs still resume; a run with them round-trips them."""
-
-    @flax.struct.dataclass
-    class StateBeforePowerEma:
-        step: jax.Array
-        params: dict
-        opt_state: tuple
-        ema: tuple
-
-    tx = optax.adam(1e-3)
-    for power in (0, 2):
-        train_state = state_lib.create({"w": jnp.arange(3.0)}, tx, 1, power)
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), train_state)
-        old = StateBeforePowerEma(
-            *(getattr(train_state, f) for f in ("step", "params", "opt_state", "ema"))
-        )
-        for writer in ("checkpointer", "before") if power == 0 else ("checkpointer",):
-            workdir = str(tmp_path / f"{writer}{power}")
-            ckpt = Checkpointer(workdir, 1, {})
-            if writer == "checkpointer":
-                ckpt.save(3, train_state)
-            else:
-                ckpt._state.save(3, args=ocp.args.StandardSave(old))
-            ckpt.wait()
-            restored = ckpt.restore(abstract)
-            ckpt.close()
-            assert len(restored.power_ema) == power
-            jax.tree.map(np.testing.assert_array_equal, restored, train_state)

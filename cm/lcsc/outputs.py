@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
 
-from cm import fileio, state
+from cm import fileio, run_record, state
 from cm.checkpoint import Checkpointer
 from cm.lcsc import plots
 from cm.lcsc.candidates import SINGLE
@@ -24,13 +24,14 @@ def write_merged(config, exp, params, coefficients, step: int, path):
         if fileio.read_json(marker) != vector and jax.process_index() == 0:
             fileio.rmtree(path)
         multihost_utils.sync_global_devices("lcsc merged checkpoint removed")
-    ckpt = Checkpointer(str(path), 1, config.to_dict())
+    ckpt = Checkpointer(str(path), 1)
     if ckpt.latest_step() != step:
         t = config.training
         make = lambda p: state.create(p, exp.tx, len(t.ema_rates), len(t.power_ema_stds))  # noqa: E731
         train_state = jax.jit(make, out_shardings=exp.replicated)(params)
         ckpt.save(step, train_state.replace(step=jnp.asarray(step, jnp.int32)))
     ckpt.close()
+    run_record.record_start(str(path), config.to_dict(), 0)  # the merged run's config.json
     if jax.process_index() == 0:
         fileio.write_json_atomic(marker, vector)
 
