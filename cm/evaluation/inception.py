@@ -13,15 +13,12 @@ Images are NHWC. The network is convolutional up to the global pool; inputs must
 75x75 (299x299 in the FID protocol).
 """
 
-import io
-import os
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from etils import epath
 
+from cm import fileio
 from cm.evaluation import torch_pickle
 
 INPUT_SIZE = 299  # the FID protocol's input resolution
@@ -252,14 +249,10 @@ def load_variables(path: str):
 
     The .pth is read by our own unpickler (torch_pickle), so torch is not needed at run time.
     """
-    local = os.path.expanduser(path)
-    file = epath.Path(local)
-    if not path or not file.exists():
+    if not path or not fileio.is_file(path):
         raise FileNotFoundError(missing_weights_message(path))
-    data = file.read_bytes()
-    if local.endswith(".npz"):
-        with np.load(io.BytesIO(data)) as f:
-            state_dict = {k: f[k] for k in f.files}
+    if path.endswith(".npz"):
+        state_dict = fileio.load_npz(path)
     else:
-        state_dict = torch_pickle.read_state_dict(data)
+        state_dict = torch_pickle.read_state_dict(fileio.read_bytes(path))
     return variables_from_state_dict(state_dict, source=path)
