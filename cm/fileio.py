@@ -79,7 +79,7 @@ def walk_files(p: PathLike) -> list[str]:
     root = path(p)
     if not root.is_dir():
         return []
-    if is_remote(root):  # the store lists whole prefixes; no request per entry
+    if is_remote(root):  # the store's own walk (os.walk would see no folder there)
         walk = [(str(d.relative_to(root)), files) for d, _, files in root.walk()]
     else:
         walk = [(os.path.relpath(d, root), f) for d, _, f in os.walk(root, followlinks=True)]

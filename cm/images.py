@@ -41,6 +41,6 @@ def png_bytes(grid, upscale: int = 1) -> bytes:
     return buffer.getvalue()
 
 
-def save_png(path: str, grid, upscale: int = 1):
+def save_png(path: fileio.PathLike, grid, upscale: int = 1):
     """Writes a uint8 [H, W, C] image as PNG to any path (gs:// too), atomically."""
     fileio.write_bytes_atomic(path, png_bytes(grid, upscale))
