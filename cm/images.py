@@ -31,11 +31,16 @@ def make_grid(images, columns: int | None = None, pad: int = 1):
     return grid
 
 
-def save_png(path, grid, upscale: int = 1):
-    """Writes a uint8 [H, W, C] image to any path (cm/fileio.py), nearest-neighbour upscaled so
-    small images stay visible."""
+def png_bytes(grid, upscale: int = 1) -> bytes:
+    """A uint8 [H, W, C] image as PNG file bytes, nearest-neighbour upscaled so small images
+    stay visible."""
     if upscale > 1:
         grid = grid.repeat(upscale, axis=0).repeat(upscale, axis=1)
     buffer = io.BytesIO()
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buffer, format="PNG")
-    fileio.write_bytes_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_png(path: fileio.PathLike, grid, upscale: int = 1):
+    """Writes a uint8 [H, W, C] image as PNG to any path (gs:// too), atomically."""
+    fileio.write_bytes_atomic(path, png_bytes(grid, upscale))

@@ -15,15 +15,12 @@ precision (HIGHEST) whatever the device default (TF32 or bfloat16 passes on GPUs
 would move the features, and FID with them, away from the float32 reference).
 """
 
-import io
-import os
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from etils import epath
 
+from cm import fileio
 from cm.evaluation import torch_pickle
 
 INPUT_SIZE = 299  # the FID protocol's input resolution
@@ -256,14 +253,10 @@ def load_variables(path: str):
 
     The .pth is read by our own unpickler (torch_pickle), so torch is not needed at run time.
     """
-    local = os.path.expanduser(path)
-    file = epath.Path(local)
-    if not path or not file.exists():
+    if not path or not fileio.is_file(path):
         raise FileNotFoundError(missing_weights_message(path))
-    data = file.read_bytes()
-    if local.endswith(".npz"):
-        with np.load(io.BytesIO(data)) as f:
-            state_dict = {k: f[k] for k in f.files}
+    if path.endswith(".npz"):
+        state_dict = fileio.load_npz(path)
     else:
-        state_dict = torch_pickle.read_state_dict(data)
+        state_dict = torch_pickle.read_state_dict(fileio.read_bytes(path))
     return variables_from_state_dict(state_dict, source=path)
