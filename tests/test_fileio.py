@@ -19,8 +19,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # --- every path goes through cm/fileio.py ---------------------------------------------------
 
-# Modules other people convert in parallel; the lead empties this list when merging them.
-NOT_YET_CONVERTED = ["cm/checkpoint.py", "cm/train.py", "cm/modes.py", "cm/lcsc/"]
 
 # Calls that touch a path without cm/fileio.py: builtin open, os file and path functions,
 # glob, shutil, tempfile, pathlib and epath used directly, and numpy reading or writing a file
@@ -70,15 +68,10 @@ def test_no_module_touches_files_without_fileio():
     found = []
     for file in sorted((ROOT / "cm").rglob("*.py")):
         relative = file.relative_to(ROOT).as_posix()
-        if relative == "cm/fileio.py" or relative.startswith(tuple(NOT_YET_CONVERTED)):
+        if relative == "cm/fileio.py":
             continue
         found += violations(relative, file.read_text())
     assert not found, "file access outside cm/fileio.py:\n" + "\n".join(found)
-
-
-def test_not_yet_converted_names_existing_paths():
-    for entry in NOT_YET_CONVERTED:
-        assert (ROOT / entry).exists(), f"{entry} is gone; remove it from NOT_YET_CONVERTED"
 
 
 @pytest.mark.parametrize(
