@@ -123,16 +123,16 @@ def _bad_flag_value(e: flags.IllegalFlagValueError) -> str:
         return f"--{name} is missing; pass it, e.g. --{name}={_REQUIRED_EXAMPLES[name]}."
     if name == "config":
         return (
-            f"--config={value} cannot be loaded ({cause}); pass a config file with "
-            "get_config(arg), e.g. --config=configs/demo.py."
+            f"--config={value} cannot be loaded ({cause}); fix the file or its :argument, "
+            "e.g. --config=configs/demo.py."
         )
     current = _config_value(name[len("config.") :]) if name.startswith("config.") else None
     if current is not None:
         kind = type(current).__name__
         example = f"'{current!r}'" if isinstance(current, tuple | list) else current
         return (
-            f"--{name}={value} does not parse as a {kind} ({cause}); pass a {kind} like the "
-            f"config's own value, e.g. --{name}={example}."
+            f"--{name}={value} does not parse as {kind} ({cause}); pass a value of the "
+            f"field's type, e.g. its value in the config: --{name}={example}."
         )
     return f"--{name}={value} is invalid ({cause}); see python launch.py --help."
 
@@ -155,14 +155,20 @@ def _parse_flags(argv):
         _usage_error(_bad_flag_value(e))
     except flags.Error as e:
         _usage_error(f"{_last_line(e).rstrip('.')}; see python launch.py --help.")
+    except OSError as e:  # a --config.* override of a config file that failed to load
+        _unloadable_config(e)
     try:
-        _CONFIG.value.keys()  # a config file that failed to load raises here, not at parse time
+        _CONFIG.value.keys()  # a config file that failed to load raises on first use
     except OSError as e:
-        _usage_error(
-            f"the --config file cannot be loaded ({_last_line(e)}); pass a config file, e.g. "
-            "--config=configs/demo.py."
-        )
+        _unloadable_config(e)
     return rest
+
+
+def _unloadable_config(e: OSError):
+    _usage_error(
+        f"the --config file cannot be loaded ({_last_line(e)}); pass a config file, e.g. "
+        "--config=configs/demo.py."
+    )
 
 
 if __name__ == "__main__":
