@@ -18,7 +18,7 @@ from typing import Any
 from cm.evaluation import evaluator
 
 SAMPLING_PARAMS = ("ema", "online")  # sampling.params: which parameters the samplers use
-LEVELS_EXAMPLE = "'((), (0.821,))'"  # iCT's 1-step and 2-step samplers (docs/methods.md s. 2)
+LEVELS_EXAMPLE = "'((), (0.821,))'"  # iCT's 1- and 2-step samplers (docs/methods.md section 2)
 
 # Modes that build the network and draw samples from it (training draws its sample grids).
 SAMPLING_MODES = ("train", "sample", "eval", "lcsc")
@@ -167,7 +167,7 @@ RULES = (
         "sampling.batch_size",
         "the samples per sampler call",
         _integer(1),
-        lambda c, mode: mode in ("sample", "eval", "lcsc") or _reads_eval(c, mode),
+        lambda c, mode: mode == "sample" or _reads_eval(c, mode),
     ),
     _rule("sampling.heun_steps", "the Heun steps", _integer(1), _heun),
     _rule("sampling.churn", "the Heun churn", _number(0.0), _heun),

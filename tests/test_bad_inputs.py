@@ -145,6 +145,15 @@ DATA_SOURCE_XFAIL = pytest.mark.xfail(
     strict=True, reason="data.py checks land with the file-layer branch"
 )
 
+# Clear today, but the restore (modes.restore_for_sampling -> checkpoint.Checkpointer) creates
+# the workdir and writes config.json before it finds no checkpoint.
+RESTORE_CASES = [
+    Case("sample_without_checkpoint", _args("--mode=sample"), ("No checkpoint", "--mode=train")),
+]
+RESTORE_XFAIL = pytest.mark.xfail(
+    strict=True, reason="checkpoint.py writes the workdir when a sampling mode restores"
+)
+
 
 def _tree(root) -> dict:
     """{relative path: (size, mtime)} of every file and folder under root."""
@@ -161,7 +170,8 @@ def _tree(root) -> dict:
 @pytest.mark.parametrize(
     "case",
     [pytest.param(c, id=c.id) for c in CASES]
-    + [pytest.param(c, id=c.id, marks=DATA_SOURCE_XFAIL) for c in DATA_SOURCE_CASES],
+    + [pytest.param(c, id=c.id, marks=DATA_SOURCE_XFAIL) for c in DATA_SOURCE_CASES]
+    + [pytest.param(c, id=c.id, marks=RESTORE_XFAIL) for c in RESTORE_CASES],
 )
 def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, case):
     workdir = tmp_path / "w"
