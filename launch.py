@@ -13,6 +13,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cm import full_disk
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 _MODE = flags.DEFINE_string(
@@ -61,6 +63,7 @@ def _quiet_library_info_logs():
         return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
     logging.get_absl_handler().addFilter(keep)
+    full_disk.install(logging.get_absl_handler())
 
 
 def main(argv):
@@ -83,11 +86,14 @@ def main(argv):
     try:
         config_checks.check(_CONFIG.value, _MODE.value)  # before anything touches the workdir
         modes.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        # A user error: one sentence, no traceback (CM_TRACEBACK=1 shows it). The workdir is kept.
-        if os.environ.get("CM_TRACEBACK"):
+    except Exception as e:
+        # A user error or a full disk: one sentence, no traceback (CM_TRACEBACK=1 shows it).
+        # The workdir is kept.
+        user_error = isinstance(e, ValueError | FileNotFoundError | FloatingPointError)
+        if os.environ.get("CM_TRACEBACK") or not (user_error or full_disk.is_full_disk(e)):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        text = full_disk.message(_WORKDIR.value) if full_disk.is_full_disk(e) else str(e)
+        print(f"error: {text}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -136,13 +136,6 @@ class Checkpointer:
             tree["power_ema"] = power_ema
         self._snapshots.save(step, args=ocp.args.StandardSave(tree))
 
-    def snapshot_steps(self):
-        return list(self._snapshots.all_steps())
-
-    def restore_snapshot(self, step: int, abstract=None):
-        args = ocp.args.StandardRestore(abstract) if abstract is not None else None
-        return self._snapshots.restore(step, args=args)
-
     def wait(self):
         """Blocks until asynchronous saves are on disk, then seals them."""
         self._state.wait_until_finished()

@@ -16,10 +16,8 @@ import concurrent.futures
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from cm import keys
 from cm.prefetch import BackgroundIterator
-
-# Mixed into the noise seed so that it never collides with other numpy streams of the run.
-_NOISE_STREAM = 0x07C0
 
 
 def squared_distances(x: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -42,7 +40,7 @@ def ot_permutation(x: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 def group_noise(seed: int, step: int, group_index: int, shape) -> np.ndarray:
     """Unit-Gaussian noise of one OT group at one step; float32 [shape]."""
-    rng = np.random.default_rng([seed, step, group_index, _NOISE_STREAM])
+    rng = np.random.default_rng(keys.numpy_seed(seed, "ot_noise", step, group_index))
     return rng.standard_normal(shape, dtype=np.float32)
 
 

@@ -33,12 +33,11 @@ from typing import Protocol
 
 import numpy as np
 
-from cm import fileio, latent_data
+from cm import fileio, keys, latent_data
 from cm.prefetch import BackgroundIterator
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 DIGITS_TRAIN_SIZE = 1500  # digits "train" = images [0, 1500), "test" = [1500, 1797)
-_FLIP_STREAM = 0x466C6970  # separates the flip random stream from the permutation streams
 _CHECK_THREADS = 16  # folder images checked at once when the source is opened (I/O bound)
 _NAMED_BAD_FILES = 3  # how many unreadable files the error names (it also gives their count)
 
@@ -329,7 +328,8 @@ def load_source(data_config) -> Source:
 
 @functools.lru_cache(maxsize=4)
 def _epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-    perm = np.random.default_rng((seed, epoch)).permutation(num_examples)  # int64 [N]
+    rng = np.random.default_rng(keys.numpy_seed(seed, "epoch_permutation", epoch))
+    perm = rng.permutation(num_examples)  # int64 [N]
     perm.flags.writeable = False  # shared through the cache
     return perm
 
@@ -372,7 +372,7 @@ def batch_at(
     images, labels = source.get(indices)  # uint8 [b,H,W,C], int32 [b]
     if random_flip:
         # One draw per global row, so the decisions do not depend on the process count.
-        flip = np.random.default_rng((seed, _FLIP_STREAM, step)).random(global_batch) < 0.5
+        flip = np.random.default_rng(keys.numpy_seed(seed, "flip", step)).random(global_batch) < 0.5
         images = np.where(flip[rows, None, None, None], images[:, :, ::-1], images)
     if images.dtype == np.uint8:
         image = images.astype(np.float32) / 127.5 - 1.0  # [b,H,W,C] in [-1, 1]

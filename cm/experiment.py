@@ -12,7 +12,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cm import latents, objectives, power_ema, precond, sampling, state
+from cm import keys, latents, objectives, power_ema, precond, sampling, state
 from cm.models import build_model
 
 
@@ -69,11 +69,11 @@ def build(config, devices=None) -> Experiment:
 
 
 def init_params(exp: Experiment, config):
-    """Network parameters from fold_in(key(seed), 'init'), identical on every process."""
+    """Network parameters from the "init" key stream (cm/keys.py), identical on every process."""
     h, w, c = image_shape(config)
     x = jnp.zeros((1, h, w, c), jnp.float32)
     labels = jnp.zeros((1,), jnp.int32) if num_label_classes(config) else None
-    rng = jax.random.fold_in(jax.random.key(config.seed), 0x1417)
+    rng = keys.stream(config.seed, "init")
     return exp.model.init({"params": rng}, x, jnp.zeros((1,)), labels, train=False)["params"]
 
 

@@ -1,7 +1,8 @@
 """Latent space (sLCT, PAPERS.md section 3): the VAE pieces a latent run uses.
 
 `make_encoder`: images -> scale_factor * one posterior sample (image i draws its noise from
-fold_in(key(vae.seed), i), so latents do not depend on the batch size or the device count);
+key i of the "vae_posterior" stream of vae.seed, cm/keys.py, so latents do not depend on the
+batch size or the device count);
 --mode=encode (cm/encode.py) runs it over a dataset.
 `LatentDecoding` wraps the samplers of a latent run so that they return images: network
 output -> unstandardize -> / scale_factor -> VAE decoder, inside the same jitted per-device
@@ -15,7 +16,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cm import fileio, latent_data
+from cm import fileio, keys, latent_data
 from cm.models import vae, vae_weights
 
 _DECODER_PARTS = ("post_quant_conv", "decoder")  # the parameters decoding needs
@@ -43,7 +44,7 @@ def make_encoder(cfg: vae.VAEConfig, scale_factor: float, seed: int, mesh):
     """jit fn(params, images [B, H, W, C] in [-1, 1], indices int32 [B]) -> scaled latents
     [B, h, w, c], with batch arrays sharded over 'data' and parameters replicated."""
     model = vae.AutoencoderKL(cfg)
-    base = jax.random.key(seed)
+    base = keys.stream(seed, "vae_posterior")
 
     def encode(params, images, indices):
         mean, logvar = model.apply({"params": params}, images, method="encode")  # [B, h, w, c]

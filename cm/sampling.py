@@ -13,7 +13,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cm import schedules
+from cm import keys, schedules
 
 
 def consistency_sample(denoise, params, rng, labels, shape, *, sigma_min, sigma_max, levels):
@@ -151,7 +151,7 @@ def generate(parallel_sampler, params, seed, num_samples, batch_size, progress=N
     """num_samples uint8 images [N, H, W, C] and labels [N] on every host, batch by batch."""
     images, labels = [], []
     for index in range(-(-num_samples // batch_size)):
-        rng = jax.random.fold_in(jax.random.key(seed), index)
+        rng = keys.indexed(seed, "sample", index)
         x, y = parallel_sampler(params, rng, batch_size, ordered)
         x, y = multihost_utils.process_allgather((x, y), tiled=True)
         images.append(to_uint8(x))

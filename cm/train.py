@@ -1,7 +1,8 @@
 """The training loop: one jitted, donated, data-parallel step per call; logs, checkpoints, grids.
 
-Randomness is fold_in(key(seed), step) and the data order is a function of the step, so a run
-killed at any moment resumes from its last checkpoint exactly as if it had never stopped.
+Randomness is the "train" stream's key of the step (cm/keys.py) and the data order is a
+function of the step, so a run killed at any moment resumes from its last checkpoint exactly as
+if it had never stopped.
 """
 
 import math
@@ -14,7 +15,18 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from cm import coupling, data, experiment, fileio, images, power_ema, run_record, sampling, state
+from cm import (
+    coupling,
+    data,
+    experiment,
+    fileio,
+    images,
+    keys,
+    power_ema,
+    run_record,
+    sampling,
+    state,
+)
 from cm.checkpoint import Checkpointer
 from cm.evaluation.run import periodic as periodic_eval
 from cm.workdir_lock import WorkdirLock
@@ -24,7 +36,7 @@ def make_train_step(exp: experiment.Experiment, ema_rates, seed: int):
     """jit(step_fn) with replicated donated state and a batch sharded over 'data'."""
 
     def step_fn(train_state: state.TrainState, batch):
-        rng = jax.random.fold_in(jax.random.key(seed), train_state.step)
+        rng = keys.indexed(seed, "train", train_state.step)
         grad_fn = jax.value_and_grad(exp.loss_fn, has_aux=True)
         (_, metrics), grads = grad_fn(train_state.params, batch, rng, train_state.step)
         updates, opt_state = exp.tx.update(grads, train_state.opt_state, train_state.params)

@@ -134,25 +134,19 @@ def _data_case(name, make, expect):
     return Case(name, args, expect, devices=4)
 
 
-# Checks that the file-layer branch adds to cm/data.py (issue 10); xfail until it is merged.
+# Bad data sources: refused when the source is opened (cm/data.py), before anything else.
 DATA_SOURCE_CASES = [
     _data_case("npz_fewer_labels", _npz(IMAGES, LABELS[:5]), ("label",)),
     _data_case("npz_label_-1", _npz(IMAGES, np.where(LABELS == 3, -1, LABELS)), ("label", "-1")),
     _data_case("npz_float_labels", _npz(IMAGES, LABELS + 0.5), ("label",)),
     _data_case("folder_corrupt_png", _folder_with_corrupt_png, ("corrupt.png",)),
 ]
-DATA_SOURCE_XFAIL = pytest.mark.xfail(
-    strict=True, reason="data.py checks land with the file-layer branch"
-)
 
-# Clear today, but the restore (modes.restore_for_sampling -> checkpoint.Checkpointer) creates
-# the workdir and writes config.json before it finds no checkpoint.
+# A read-only mode on a workdir without a checkpoint creates nothing.
 RESTORE_CASES = [
     Case("sample_without_checkpoint", _args("--mode=sample"), ("No checkpoint", "--mode=train")),
+    Case("eval_without_checkpoint", _args("--mode=eval"), ("No checkpoint", "--mode=train")),
 ]
-RESTORE_XFAIL = pytest.mark.xfail(
-    strict=True, reason="checkpoint.py writes the workdir when a sampling mode restores"
-)
 
 
 def _tree(root) -> dict:
@@ -169,9 +163,7 @@ def _tree(root) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(c, id=c.id) for c in CASES]
-    + [pytest.param(c, id=c.id, marks=DATA_SOURCE_XFAIL) for c in DATA_SOURCE_CASES]
-    + [pytest.param(c, id=c.id, marks=RESTORE_XFAIL) for c in RESTORE_CASES],
+    [pytest.param(c, id=c.id) for c in CASES + DATA_SOURCE_CASES + RESTORE_CASES],
 )
 def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, case):
     workdir = tmp_path / "w"

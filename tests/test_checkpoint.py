@@ -244,3 +244,36 @@ def test_second_process_is_refused_and_a_killed_owner_is_taken_over(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Taking over the stale lock" in resumed.stderr
     assert 6 in Checkpointer(str(workdir), 3).all_steps()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 600 kB tmpfs: a real full disk (needs root to mount, as on CI's machine)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_full_disk_is_one_line_and_the_same_command_resumes(small_disk):
+    env = subprocess_env()
+    cmd = launch_cmd(
+        small_disk / "w",
+        "--config.training.num_steps=30",
+        "--config.training.checkpoint_every=2",
+        "--config.training.snapshot_every=2",
+    )
+    full = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 2, full.stderr[-3000:]
+    assert "Traceback" not in full.stderr, full.stderr[-3000:]
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the storage of") and "rerun the same command" in last
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert 30 in Checkpointer(str(small_disk / "w"), 3).all_steps()
