@@ -107,27 +107,34 @@ class Checkpointer:
         )
 
     def save(self, step: int, state):
-        """Saves asynchronously; the digest is computed now (the buffers are donated next step)
-        and written by `seal` once the save has committed."""
+        """Saves asynchronously. The digest is computed now (the buffers are donated next step)
+        and written once the save has committed: by `seal` when no save is in flight, or here,
+        since Orbax starts a save only after the previous one has committed."""
         digest = state_digest(state)
+        committed = self._unsealed
         self._state.save(step, args=ocp.args.StandardSave(state))
-        self._unsealed[step] = digest
+        self._write_digests(committed)
+        self._unsealed = {step: digest}
         self.seal()
 
     def seal(self):
-        """Writes the digests of committed saves; drops those of checkpoints orbax deleted."""
-        if not self._unsealed or self._state.is_saving_in_progress():
+        """Writes the digests of committed saves (cheap when there is nothing to do)."""
+        if self._unsealed and not self._state.is_saving_in_progress():
+            self._state.check_for_errors()
+            self._write_digests(self._unsealed)
+            self._unsealed = {}
+
+    def _write_digests(self, digests: dict):
+        """digests/<step>.json for the given steps; drops those of checkpoints Orbax deleted."""
+        if not digests or jax.process_index() != 0:
             return
-        self._state.check_for_errors()
-        if jax.process_index() == 0:
-            kept = set(self._state.all_steps())
-            for step, digest in self._unsealed.items():
-                if step in kept:
-                    fileio.write_json_atomic(self._digests / f"{step}.json", {"sha256": digest})
-            for name in fileio.listdir(self._digests):
-                if name.endswith(".json") and int(name.split(".")[0]) not in kept:
-                    fileio.remove(self._digests / name)
-        self._unsealed.clear()
+        kept = set(self._state.all_steps())
+        for step, digest in digests.items():
+            if step in kept:
+                fileio.write_json_atomic(self._digests / f"{step}.json", {"sha256": digest})
+        for name in fileio.listdir(self._digests):
+            if name.endswith(".json") and int(name.split(".")[0]) not in kept:
+                fileio.remove(self._digests / name)
 
     def save_snapshot(self, step: int, params, ema, power_ema=()):
         """{"params", "ema"} and, when power EMAs are tracked, "power_ema" (one per std)."""
