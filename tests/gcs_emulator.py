@@ -44,6 +44,8 @@ GOOGLE_HOSTS = ("www.googleapis.com", "storage.googleapis.com", "*.googleapis.co
 # Request and response headers that belong to one hop, not to the message.
 _HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "expect"}
 _STARTUP_TIMEOUT_S = 20.0
+# Calls from this process go straight to the emulator, whatever proxy the environment names.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def binary_path() -> str:
@@ -216,8 +218,7 @@ class GcsBucket:
     _relay: _RelayServer
 
     def _get(self, url: str) -> bytes:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
-        with opener.open(url, timeout=60) as response:
+        with _DIRECT.open(url, timeout=60) as response:
             return response.read()
 
     def list(self, prefix: str = "") -> list[str]:
@@ -246,6 +247,18 @@ class GcsBucket:
             if e.code == 404:
                 return False
             raise
+
+    def write(self, name: str, data: bytes):
+        """Uploads `data` as object `name` (a path in the bucket, no gs://)."""
+        query = urllib.parse.urlencode({"uploadType": "media", "name": name})
+        request = urllib.request.Request(
+            f"{self.api}/upload/storage/v1/b/{BUCKET}/o?{query}",
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+            method="POST",
+        )
+        with _DIRECT.open(request, timeout=60):
+            pass
 
     def download(self, prefix: str, folder: str) -> str:
         """Copies every object under `prefix` to the same relative path under `folder`, so that
@@ -297,7 +310,6 @@ def client_env(api: str, front: str, cert: str) -> dict:
 
 
 def _wait_until_serving(process: subprocess.Popen, api: str, log: str):
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + _STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -306,7 +318,7 @@ def _wait_until_serving(process: subprocess.Popen, api: str, log: str):
                 f"{pathlib.Path(log).read_text(errors='replace')[-2000:]}"
             )
         try:
-            with opener.open(f"{api}/storage/v1/b", timeout=5):
+            with _DIRECT.open(f"{api}/storage/v1/b", timeout=5):
                 return
         except OSError:
             time.sleep(0.1)
@@ -321,8 +333,7 @@ def _create_bucket(api: str):
         headers={"Content-Type": "application/json"},
         method="POST",
     )
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(request, timeout=30):
+    with _DIRECT.open(request, timeout=30):
         pass
 
 

@@ -4,12 +4,20 @@ Every run is a fresh process with the emulator's environment, as a user's would 
 storage library on its own (orbax, etils.epath, clu's TensorBoard writer), then launch.py.
 """
 
+import io
+import json
+import os
+import pathlib
 import subprocess
 import sys
 import textwrap
+import time
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
-from helpers import subprocess_env
+from helpers import ROOT, launch_cmd, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -96,3 +104,230 @@ def test_clu_writer_puts_tensorboard_events_on_the_bucket(gcs_bucket, tmp_path):
         for v in e.summary.value
     ]
     assert scalars == [(5, "loss", 0.25)]
+
+
+# ---------------------------------------------------------------- launch.py on gs://bucket
+
+STEPS = 10
+RUN = (  # the tiny demo of helpers.launch_cmd, smaller still: each run compiles from scratch
+    f"--config.training.num_steps={STEPS}",
+    "--config.training.checkpoint_every=2",
+    "--config.training.snapshot_every=2",
+    "--config.model.channel_mult=(1,)",  # one level
+    "--config.sampling.consistency_levels=((),)",  # the 1-step sampler only
+)
+LCSC = (
+    "--mode=lcsc",
+    "--config.lcsc.population=4",
+    "--config.lcsc.generations=2",
+    "--config.lcsc.search_samples=16",
+    "--config.lcsc.heldout_samples=16",
+    "--config.lcsc.uniform_last_k=(2,)",
+    "--config.lcsc.ema_rates=(0.5,)",
+    "--config.lcsc.posthoc_stds=(0.075,)",
+)
+# Local files a run may write: its caches under ~/.cache/cm (the digits classifier).
+DECLARED_CACHE = "home/.cache/cm"
+_TIMEOUT_S = 600
+
+
+def _declared(path: str) -> bool:
+    """A declared cache, or one of the folders above it."""
+    return path in ("home/.cache", DECLARED_CACHE) or path.startswith(f"{DECLARED_CACHE}/")
+
+
+class Local:
+    """Fresh local folders for a run's cwd, HOME and TMPDIR, checked afterwards: a run on a
+    bucket writes nothing to local disk but its declared caches."""
+
+    def __init__(self, root: pathlib.Path):
+        self.root = root
+        for name in ("cwd", "home", "tmp"):
+            (root / name).mkdir(parents=True)
+
+    def env(self) -> dict:
+        return {"HOME": str(self.root / "home"), "TMPDIR": str(self.root / "tmp")}
+
+    def undeclared(self) -> list[str]:
+        """Every file or folder written outside the declared caches."""
+        found = [
+            str(p.relative_to(self.root))
+            for name in ("cwd", "home", "tmp")
+            for p in (self.root / name).rglob("*")
+        ]
+        return sorted(p for p in found if not _declared(p))
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory) -> dict:
+    """JAX's persistent compilation cache, shared by the runs of this module (outside the
+    checked folders): the same tiny programs are compiled once, not in every process."""
+    return {
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+
+
+def _launch_env(bucket, local: Local, compile_cache: dict) -> dict:
+    env = {k: v for k, v in subprocess_env(1).items() if not k.startswith("XDG_")}
+    return {**env, **bucket.env, **local.env(), **compile_cache}
+
+
+def _start(bucket, local, compile_cache, workdir, *args) -> subprocess.Popen:
+    """launch.py on the tiny demo config in a fresh process in local's cwd, output to
+    local.root/log."""
+    log = open(local.root / "log", "ab")  # noqa: SIM115 (the process owns it)
+    config = os.path.join(ROOT, "configs", "demo.py")  # the cwd is not the repository
+    return subprocess.Popen(
+        launch_cmd(f"{bucket.url}/{workdir}", *args, config=config),
+        env=_launch_env(bucket, local, compile_cache),
+        cwd=local.root / "cwd",
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _finish(process: subprocess.Popen, local: Local):
+    code = process.wait(timeout=_TIMEOUT_S)
+    assert code == 0, (local.root / "log").read_text()[-4000:]
+
+
+def _launch(bucket, local, compile_cache, workdir, *args):
+    _finish(_start(bucket, local, compile_cache, workdir, *args), local)
+
+
+def _kill_when(bucket, name: str, process: subprocess.Popen, local: Local):
+    """SIGKILL (kill -9) the run as soon as object `name` is in the bucket."""
+    deadline = time.monotonic() + _TIMEOUT_S
+    while not bucket.exists(name):
+        assert process.poll() is None, (local.root / "log").read_text()[-4000:]
+        assert time.monotonic() < deadline, f"{name} did not appear"
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+
+
+def _restore(bucket, step_dir: str, folder: pathlib.Path):
+    """The train state saved in `step_dir` of the bucket, as numpy arrays (restored from a
+    local copy of its objects, in this process)."""
+    local = bucket.download(step_dir, str(folder))
+    state = ocp.StandardCheckpointer().restore(os.path.join(local, "default"))
+    return jax.tree.map(np.asarray, state)
+
+
+@pytest.fixture(scope="module")
+def trained(gcs_bucket, compile_cache, tmp_path_factory) -> Local:
+    """gs://bucket/run: STEPS tiny steps, uninterrupted; its local folders."""
+    local = Local(tmp_path_factory.mktemp("trained"))
+    _launch(gcs_bucket, local, compile_cache, "run", *RUN)
+    return local
+
+
+def test_train_writes_the_run_to_the_bucket(gcs_bucket, trained):
+    names = gcs_bucket.list("run/")
+    steps = lambda folder: {n.split("/")[2] for n in names if n.startswith(f"run/{folder}/")}
+    assert steps("checkpoints") == {"6", "8", "10"}  # training.keep_checkpoints = 3
+    assert steps("snapshots") == {"2", "4", "6", "8", "10"}
+    assert f"run/checkpoints/{STEPS}/commit_success.txt" in names
+    assert any(n.startswith("run/events.out.tfevents.") for n in names)
+    config = json.loads(gcs_bucket.read("run/config.json"))
+    assert config["training"]["num_steps"] == STEPS and config["model"]["channel_mult"] == [1]
+    assert trained.undeclared() == []
+
+
+def test_run_killed_mid_run_resumes_bitwise(gcs_bucket, trained, compile_cache, tmp_path):
+    """kill -9 after the second checkpoint, the same command again == the uninterrupted run."""
+    local = Local(tmp_path / "local")
+    process = _start(gcs_bucket, local, compile_cache, "killed", *RUN)
+    _kill_when(gcs_bucket, "killed/checkpoints/4/commit_success.txt", process, local)
+    assert not gcs_bucket.exists(f"killed/checkpoints/{STEPS}/commit_success.txt")
+    _launch(gcs_bucket, local, compile_cache, "killed", *RUN)
+    resumed = _restore(gcs_bucket, f"killed/checkpoints/{STEPS}", tmp_path / "resumed")
+    straight = _restore(gcs_bucket, f"run/checkpoints/{STEPS}", tmp_path / "straight")
+    assert jax.tree.structure(resumed) == jax.tree.structure(straight)
+    assert int(resumed["step"]) == STEPS
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert local.undeclared() == []
+
+
+def test_sample_mode_writes_to_the_bucket(gcs_bucket, trained, compile_cache, tmp_path):
+    local = Local(tmp_path)
+    flags = ("--mode=sample", "--config.sampling.num_samples=8", "--config.sampling.batch_size=8")
+    _launch(gcs_bucket, local, compile_cache, "run", *RUN, *flags)
+    stem = f"run/samples/1step_step{STEPS:08d}"
+    with np.load(io.BytesIO(gcs_bucket.read(stem + ".npz"))) as f:
+        assert f["images"].dtype == np.uint8 and f["images"].shape == (8, 8, 8, 1)
+        assert f["labels"].shape == (8,)
+    assert gcs_bucket.read(stem + ".png").startswith(b"\x89PNG")
+    assert local.undeclared() == []
+
+
+def test_eval_mode_on_digits_writes_to_the_bucket(gcs_bucket, trained, compile_cache, tmp_path):
+    local = Local(tmp_path)
+    flags = ("--mode=eval", "--config.eval.num_samples=16", "--config.eval.grid_samples=16")
+    _launch(gcs_bucket, local, compile_cache, "run", *RUN, *flags)
+    metrics = json.loads(gcs_bucket.read(f"run/eval/metrics_step{STEPS:08d}.json"))
+    assert metrics and all(k.startswith("1step/") for k in metrics)
+    assert all(np.isfinite(v) for v in metrics.values())
+    assert gcs_bucket.exists(f"run/eval/1step_step{STEPS:08d}.png")
+    assert local.undeclared() == []
+    cached = [p.name for p in (local.root / DECLARED_CACHE).iterdir()]
+    assert any(name.startswith("digits_classifier_") for name in cached)
+
+
+def test_lcsc_mode_killed_and_resumed_on_the_bucket(gcs_bucket, trained, compile_cache, tmp_path):
+    local = Local(tmp_path)
+    process = _start(gcs_bucket, local, compile_cache, "run", *RUN, *LCSC)
+    _kill_when(gcs_bucket, "run/lcsc/state.pkl", process, local)  # after its first evaluation
+    assert not gcs_bucket.exists("run/lcsc/heldout.json")
+    _launch(gcs_bucket, local, compile_cache, "run", *RUN, *LCSC)
+    generations = json.loads(gcs_bucket.read("run/lcsc/generations.json"))
+    assert [g["generation"] for g in generations] == [1, 2]
+    heldout = json.loads(gcs_bucket.read("run/lcsc/heldout.json"))
+    assert "lcsc" in json.dumps(heldout)
+    for name in ("coefficients.json", "fitness.png", "coefficients.png"):
+        assert gcs_bucket.exists(f"run/lcsc/{name}")
+    assert gcs_bucket.exists(f"run/lcsc/merged/checkpoints/{STEPS}/commit_success.txt")
+    assert local.undeclared() == []
+
+
+def test_encode_mode_writes_latents_to_the_bucket(gcs_bucket, compile_cache, tmp_path):
+    """A tiny random VAE and 12 images (as in test_latent_workflow.py), read from the bucket;
+    the latent dataset written to it."""
+    from test_latent_workflow import NUM_IMAGES, _config, _write_inputs
+
+    c = _config(tmp_path / "inputs")
+    _, labels = _write_inputs(c)
+    gcs_bucket.write("enc/vae.safetensors", pathlib.Path(c.vae.weights_path).read_bytes())
+    gcs_bucket.write("enc/images.npz", pathlib.Path(c.vae.images.path).read_bytes())
+    v, d = c.vae, c.data
+    flags = [
+        "--mode=encode",
+        f"--config.vae.block_out_channels={tuple(v.block_out_channels)}",
+        f"--config.vae.layers_per_block={v.layers_per_block}",
+        f"--config.vae.norm_num_groups={v.norm_num_groups}",
+        "--config.vae.weights_path=gs://bucket/enc/vae.safetensors",
+        f"--config.vae.batch_size={v.batch_size}",
+        f"--config.vae.part_images={v.part_images}",
+        "--config.vae.images.name=npz",
+        "--config.vae.images.path=gs://bucket/enc/images.npz",
+        f"--config.vae.images.image_size={v.images.image_size}",
+        f"--config.vae.images.channels={v.images.channels}",
+        f"--config.vae.images.num_classes={v.images.num_classes}",
+        "--config.data.name=latents",
+        "--config.data.path=gs://bucket/enc/latents.npz",
+        f"--config.data.image_size={d.image_size}",
+        f"--config.data.channels={d.channels}",
+        f"--config.data.num_classes={d.num_classes}",
+    ]
+    local = Local(tmp_path / "local")
+    _launch(gcs_bucket, local, compile_cache, "enc", *flags)
+    with np.load(io.BytesIO(gcs_bucket.read("enc/latents.npz"))) as f:
+        stored = {k: f[k] for k in f.files}
+    assert stored["latents"].shape == (NUM_IMAGES, 4, 4, 4)
+    assert np.isfinite(stored["latents"]).all()
+    np.testing.assert_array_equal(stored["labels"], labels)
+    np.testing.assert_allclose(stored["mean"], stored["latents"].mean(0), atol=1e-6)
+    assert gcs_bucket.list("enc/latents.npz.parts") == []  # the parts are removed at the end
+    assert local.undeclared() == []
