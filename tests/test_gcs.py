@@ -126,14 +126,16 @@ LCSC = (
     "--config.lcsc.ema_rates=(0.5,)",
     "--config.lcsc.posthoc_stds=(0.075,)",
 )
-# Local files a run may write: its caches under ~/.cache/cm (the digits classifier).
+# Local files a run may write: its caches under ~/.cache/cm (the digits classifier), and the
+# Keras settings file that `import tensorflow` creates (TensorFlow's doing, not cm's).
 DECLARED_CACHE = "home/.cache/cm"
+DECLARED = (DECLARED_CACHE, "home/.keras/keras.json")
 _TIMEOUT_S = 600
 
 
 def _declared(path: str) -> bool:
-    """A declared cache, or one of the folders above it."""
-    return path in ("home/.cache", DECLARED_CACHE) or path.startswith(f"{DECLARED_CACHE}/")
+    """A declared file, inside one, or a folder above one."""
+    return any(d == path or d.startswith(f"{path}/") or path.startswith(f"{d}/") for d in DECLARED)
 
 
 class Local:
