@@ -139,8 +139,10 @@ def _declared(path: str) -> bool:
 
 
 class Local:
-    """Fresh local folders for a run's cwd, HOME and TMPDIR, checked afterwards: a run on a
-    bucket writes nothing to local disk but its declared caches."""
+    """Fresh local folders for a run's cwd, HOME and TMPDIR; cwd and HOME are checked
+    afterwards: a run on a bucket writes nothing to local disk but its declared caches.
+    (TMPDIR is scratch space: TensorFlow's GCS writer buffers each upload in a file there,
+    which a kill -9 leaves behind.)"""
 
     def __init__(self, root: pathlib.Path):
         self.root = root
@@ -154,7 +156,7 @@ class Local:
         """Every file or folder written outside the declared caches."""
         found = [
             str(p.relative_to(self.root))
-            for name in ("cwd", "home", "tmp")
+            for name in ("cwd", "home")
             for p in (self.root / name).rglob("*")
         ]
         return sorted(p for p in found if not _declared(p))
@@ -175,13 +177,20 @@ def _launch_env(bucket, local: Local, compile_cache: dict) -> dict:
     return {**env, **bucket.env, **local.env(), **compile_cache}
 
 
+def _argv(workdir: str, *args: str) -> list[str]:
+    """helpers.launch_cmd with `args` replacing its flags of the same name (a repeated tuple
+    override would extend the tuple, not replace it)."""
+    config = os.path.join(ROOT, "configs", "demo.py")  # the cwd is not the repository
+    names = {a.split("=")[0] for a in args}
+    return [a for a in launch_cmd(workdir, config=config) if a.split("=")[0] not in names] + [*args]
+
+
 def _start(bucket, local, compile_cache, workdir, *args) -> subprocess.Popen:
     """launch.py on the tiny demo config in a fresh process in local's cwd, output to
     local.root/log."""
     log = open(local.root / "log", "ab")  # noqa: SIM115 (the process owns it)
-    config = os.path.join(ROOT, "configs", "demo.py")  # the cwd is not the repository
     return subprocess.Popen(
-        launch_cmd(f"{bucket.url}/{workdir}", *args, config=config),
+        _argv(f"{bucket.url}/{workdir}", *args),
         env=_launch_env(bucket, local, compile_cache),
         cwd=local.root / "cwd",
         stdout=log,
