@@ -45,13 +45,13 @@ def best_of(fn, repeats: int) -> float:
 def time_ot(b: int, repeats: int) -> dict:
     """Seconds of each part of coupling one shard of b latents (best of `repeats`)."""
     x = np.random.default_rng(0).standard_normal((b, *SHAPE)).astype(np.float32) * 0.5
-    z = coupling.shard_noise(0, 0, 0, x.shape)
+    z = coupling.group_noise(0, 0, 0, x.shape)
     cost = coupling.squared_distances(x, z)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         two = np.concatenate([x, x])
         parallel = best_of(lambda: coupling.couple_batch(two, 0, 0, b, 0, pool), repeats)
     return {
-        "noise": best_of(lambda: coupling.shard_noise(0, 0, 0, x.shape), repeats),
+        "noise": best_of(lambda: coupling.group_noise(0, 0, 0, x.shape), repeats),
         "distances": best_of(lambda: coupling.squared_distances(x, z), repeats),
         "assignment": best_of(lambda: linear_sum_assignment(cost), repeats),
         "total": best_of(lambda: coupling.couple_batch(x, 0, 0, b, 0), repeats),
@@ -67,6 +67,7 @@ def step_cost(batch: int, steps: int):
     """
     config = celebahq256_slct.get_config()
     config.training.batch_size = batch
+    config.method.ot_group_size = batch  # one OT group (the coupling is timed in part 1)
     exp = experiment.build(config, jax.devices()[:1])
     step_fn = train.make_train_step(exp, tuple(config.training.ema_rates), config.seed)
     rng = np.random.default_rng(0)

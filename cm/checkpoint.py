@@ -1,126 +1,133 @@
 """Orbax checkpoints in the workdir: full train state for resume, and a dense parameter stream.
 
-workdir/checkpoints/<step>  full state (step, params, optimizer, EMAs), the last few kept
-workdir/snapshots/<step>    parameters only ({"params", "ema"}), every one kept, for averaging
-workdir/config.json         the config of the run, checked for compatibility on resume
+workdir/checkpoints/<step>   full state (step, params, optimizer, EMAs), the last few kept
+workdir/digests/<step>.json  content digest of that state, written once its save has committed
+workdir/snapshots/<step>     parameters only ({"params", "ema"}), every one kept, for averaging
+
+Restoring takes the newest checkpoint whose digest matches what is read back; a checkpoint that
+is incomplete, unreadable or altered on disk is skipped for the one before it, and the reason is
+logged. A checkpoint without a digest (its save committed, then the process died before the
+digest was written) is used only when no sealed checkpoint exists.
 """
 
-import dataclasses
-import json
-import os
+import hashlib
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
-# Config fields that change the shape of the saved state: a resume with other values cannot work.
-STRUCTURAL_FIELDS = (
-    "model",
-    "data.image_size",
-    "data.channels",
-    "data.num_classes",
-    "optim.name",
-    "optim.weight_decay",
-    "optim.grad_clip",
-    "optim.warmup_steps",
-    "training.ema_rates",
-    "training.power_ema_stds",
-)
-# Structural fields newer than some saved runs, with the value those runs implicitly had.
-FIELDS_ADDED_LATER = {"training.power_ema_stds": []}
+from cm import fileio
 
 
-def _lookup(tree: dict, dotted: str):
-    for key in dotted.split("."):
-        tree = tree.get(key, {}) if isinstance(tree, dict) else None
-    return tree
+def state_digest(tree) -> str:
+    """sha256 over every leaf's path, dtype, shape and bytes, in tree order."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        array = np.asarray(jax.device_get(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
 
 
-def _normalize(value):
-    """JSON round trip so that tuples and lists compare equal."""
-    return json.loads(json.dumps(value))
-
-
-def check_compatible(saved: dict, current: dict, workdir: str):
-    """Raises one sentence naming the first structural field that differs from the saved run."""
-    for field in STRUCTURAL_FIELDS:
-        old, new = _normalize(_lookup(saved, field)), _normalize(_lookup(current, field))
-        if old == {} and field in FIELDS_ADDED_LATER and new == FIELDS_ADDED_LATER[field]:
-            continue  # a run saved before the field existed had its default
-        if old != new:
-            raise ValueError(
-                f"The workdir {workdir} holds a checkpoint of an incompatible config ({field}: "
-                f"{old} there, {new} now); use a new --workdir or set --config.{field} back."
-            )
-
-
-def _on_disk(train_state):
-    """A train state as saved: a dict of its fields without an empty power_ema, so that a run
-    without power EMAs keeps the layout its checkpoints had before the field existed."""
-    if not dataclasses.is_dataclass(train_state) or getattr(train_state, "power_ema", 1):
-        return train_state
-    fields = {f.name: getattr(train_state, f.name) for f in dataclasses.fields(train_state)}
-    del fields["power_ema"]
-    return fields
-
-
-def _from_disk(abstract_state, saved):
-    return abstract_state.replace(**saved) if isinstance(saved, dict) else saved
+class NoCheckpointError(FileNotFoundError):
+    """The workdir holds no full checkpoint."""
 
 
 class Checkpointer:
-    """Saves and restores the train state and the parameter stream of one workdir."""
+    """Saves and restores the train state and the parameter stream of one workdir.
 
-    def __init__(self, workdir: str, keep: int, config_dict: dict):
-        self.workdir = workdir
+    read_only=True creates nothing: it refuses a workdir without checkpoints (NoCheckpointError)
+    and never writes; the modes that only read a run (sample, eval) use it.
+    """
+
+    def __init__(self, workdir: str, keep: int = 1, read_only: bool = False):
+        self.workdir = str(workdir)
+        root = fileio.local_absolute(workdir)
+        self._digests = root / "digests"
+        if read_only and not fileio.listdir(root / "checkpoints"):
+            raise NoCheckpointError(
+                f"No checkpoint in {root / 'checkpoints'}; train first with the same --config "
+                "and --workdir and --mode=train."
+            )
         self._state = ocp.CheckpointManager(
-            os.path.join(os.path.abspath(workdir), "checkpoints"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            root / "checkpoints",
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only),
         )
         self._snapshots = ocp.CheckpointManager(
-            os.path.join(os.path.abspath(workdir), "snapshots"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True),
+            root / "snapshots",
+            options=ocp.CheckpointManagerOptions(max_to_keep=None, create=not read_only),
         )
-        self._config_path = os.path.join(workdir, "config.json")
-        self._check_or_write_config(config_dict)
-
-    def _check_or_write_config(self, config_dict: dict):
-        if os.path.exists(self._config_path) and self.latest_step() is not None:
-            with open(self._config_path) as f:
-                check_compatible(json.load(f), config_dict, self.workdir)
-        if jax.process_index() == 0:
-            os.makedirs(self.workdir, exist_ok=True)
-            with open(self._config_path, "w") as f:
-                json.dump(config_dict, f, indent=2, default=str)
+        self._unsealed: dict[int, str] = {}  # step -> digest, written once the save commits
+        self.restored_step = None  # the step `restore` used (after any fallback)
 
     def latest_step(self):
         """Step of the newest full checkpoint, or None."""
         return self._state.latest_step()
 
-    def restore(self, abstract_state, step=None):
-        """The saved state with the structure, dtypes and shardings of `abstract_state`."""
-        step = self.latest_step() if step is None else step
-        try:
-            return self._restore_either_layout(step, abstract_state)
-        except (ValueError, KeyError) as e:
-            raise ValueError(
-                f"The checkpoint at step {step} in {self.workdir} does not match this config "
-                f"({str(e).splitlines()[0][:200]}); use a new --workdir or the run's old config."
-            ) from e
+    def all_steps(self) -> list[int]:
+        return sorted(self._state.all_steps())
 
-    def _restore_either_layout(self, step: int, abstract_state):
-        """Tries the layout `save` writes, then the train state as it is (checkpoints written
-        while an empty power_ema was saved as a field)."""
-        on_disk = _on_disk(abstract_state)
-        try:
-            saved = self._state.restore(step, args=ocp.args.StandardRestore(on_disk))
-            return _from_disk(abstract_state, saved)
-        except (ValueError, KeyError):
-            if on_disk is abstract_state:
-                raise
-            return self._state.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    def _saved_digest(self, step: int):
+        p = self._digests / f"{step}.json"
+        return fileio.read_json(p)["sha256"] if fileio.exists(p) else None
+
+    def restore(self, abstract_state):
+        """The newest readable, verified state with the structure, dtypes and shardings of
+        `abstract_state`; falls back to older checkpoints and logs why."""
+        steps = self.all_steps()[::-1]
+        sealed = [s for s in steps if self._saved_digest(s) is not None]
+        # Unsealed checkpoints only as a last resort.
+        candidates = sealed + [s for s in steps if s not in sealed]
+        problems = []
+        for step in candidates:
+            try:
+                restored = self._state.restore(step, args=ocp.args.StandardRestore(abstract_state))
+            except Exception as e:  # noqa: BLE001 - any read failure means: try the previous one
+                problems.append(f"step {step}: unreadable ({_first_line(e)})")
+                continue
+            expected = self._saved_digest(step)
+            if expected is not None and state_digest(restored) != expected:
+                problems.append(f"step {step}: its content differs from its digest (altered)")
+                continue
+            if expected is None:
+                problems.append(f"step {step}: no digest (its save was not sealed)")
+            if problems:
+                logging.warning(
+                    "Restored step %d of %s; skipped or unverified: %s.",
+                    step,
+                    self.workdir,
+                    "; ".join(problems),
+                )
+            self.restored_step = step
+            return restored
+        raise ValueError(
+            f"No checkpoint in {self.workdir} could be restored ({'; '.join(problems)}); if the "
+            "config changed, rerun with the run's config.json, else use a new --workdir."
+        )
 
     def save(self, step: int, state):
-        self._state.save(step, args=ocp.args.StandardSave(_on_disk(state)))
+        """Saves asynchronously; the digest is computed now (the buffers are donated next step)
+        and written by `seal` once the save has committed."""
+        digest = state_digest(state)
+        self._state.save(step, args=ocp.args.StandardSave(state))
+        self._unsealed[step] = digest
+        self.seal()
+
+    def seal(self):
+        """Writes the digests of committed saves; drops those of checkpoints orbax deleted."""
+        if not self._unsealed or self._state.is_saving_in_progress():
+            return
+        self._state.check_for_errors()
+        if jax.process_index() == 0:
+            kept = set(self._state.all_steps())
+            for step, digest in self._unsealed.items():
+                if step in kept:
+                    fileio.write_json_atomic(self._digests / f"{step}.json", {"sha256": digest})
+            for name in fileio.listdir(self._digests):
+                if name.endswith(".json") and int(name.split(".")[0]) not in kept:
+                    fileio.remove(self._digests / name)
+        self._unsealed.clear()
 
     def save_snapshot(self, step: int, params, ema, power_ema=()):
         """{"params", "ema"} and, when power EMAs are tracked, "power_ema" (one per std)."""
@@ -137,11 +144,17 @@ class Checkpointer:
         return self._snapshots.restore(step, args=args)
 
     def wait(self):
-        """Blocks until asynchronous saves are on disk."""
+        """Blocks until asynchronous saves are on disk, then seals them."""
         self._state.wait_until_finished()
         self._snapshots.wait_until_finished()
+        self.seal()
 
     def close(self):
         self.wait()
         self._state.close()
         self._snapshots.close()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]

@@ -1,12 +1,14 @@
-"""sLCT minibatch OT coupling (PAPERS.md section 3), computed on the host ahead of the device.
+"""sLCT minibatch OT coupling (docs/methods.md section 3), computed on the host ahead of the device.
 
-Each device shard of a batch gets its own unit-Gaussian noise, paired with its data rows by an
-exact minimum-cost assignment on squared Euclidean distance (scipy's linear_sum_assignment,
-O(B^3)). The pairing runs in a background thread on batch k + 1, k + 2, ... while the device
-runs step k, so the step never waits on it unless the assignment is slower than the step (see
-BENCHMARKS.md "OT coupling"); scipy releases the GIL, so the shards of one host are solved in
-parallel threads. The noise is a function of (seed, step, global shard index), so a resumed run
-sees the same coupled noise.
+The global batch is cut into consecutive groups of `method.ot_group_size` rows (128, the
+per-GPU batch of the sLCT authors' scripts); each group gets its own unit-Gaussian noise,
+paired with its data rows by an exact minimum-cost assignment on squared Euclidean distance
+(scipy's linear_sum_assignment, O(G^3)). Groups are fixed by the batch, not by the devices, so
+a run couples the same noise on 1 device or 64; the noise is a function of (seed, step, global
+group index), so a resumed run sees the same coupled noise too. The pairing runs in a
+background thread on batch k + 1, k + 2, ... while the device runs step k, so the step never
+waits on it unless the assignment is slower than the step (see BENCHMARKS.md "OT coupling");
+scipy releases the GIL, so the groups of one host are solved in parallel threads.
 """
 
 import concurrent.futures
@@ -38,35 +40,43 @@ def ot_permutation(x: np.ndarray, z: np.ndarray) -> np.ndarray:
     return perm
 
 
-def shard_noise(seed: int, step: int, shard_index: int, shape) -> np.ndarray:
-    """Unit-Gaussian noise of one device shard at one step; float32 [shape]."""
-    rng = np.random.default_rng([seed, step, shard_index, _NOISE_STREAM])
+def group_noise(seed: int, step: int, group_index: int, shape) -> np.ndarray:
+    """Unit-Gaussian noise of one OT group at one step; float32 [shape]."""
+    rng = np.random.default_rng([seed, step, group_index, _NOISE_STREAM])
     return rng.standard_normal(shape, dtype=np.float32)
 
 
+def check_groups(batch_size: int, group_size: int, process_count: int = 1) -> int:
+    """The number of OT groups of each process's batch_size / process_count rows; raises one
+    sentence when the groups do not tile them (a group never spans two processes)."""
+    local = batch_size // max(process_count, 1)
+    if group_size < 1 or batch_size % max(process_count, 1) or local % group_size:
+        raise ValueError(
+            f"method.ot_group_size={group_size} does not divide the {local} rows each of the "
+            f"{process_count} process(es) reads of training.batch_size={batch_size}; set "
+            "--config.method.ot_group_size to a divisor of it."
+        )
+    return local // group_size
+
+
 def couple_batch(
-    images: np.ndarray, step: int, seed: int, shard_size: int, first_shard: int, pool=None
+    images: np.ndarray, step: int, seed: int, group_size: int, first_group: int, pool=None
 ) -> np.ndarray:
     """OT-coupled noise for this process's rows of one batch.
 
-    images: [b, H, W, C], b a multiple of shard_size; rows [k * shard_size, (k+1) * shard_size)
-    land on global shard first_shard + k. Returns float32 noise [b, H, W, C], row r paired
+    images: [b, H, W, C], b a multiple of group_size; rows [k * group_size, (k+1) * group_size)
+    form global group first_group + k. Returns float32 noise [b, H, W, C], row r paired
     with images[r].
     """
-    b = images.shape[0]
-    if b % shard_size:
-        raise ValueError(
-            f"The {b} local rows do not split into device shards of {shard_size}; set "
-            "--config.training.batch_size to a multiple of the device count."
-        )
+    groups = check_groups(images.shape[0], group_size)
 
     def one(k: int) -> np.ndarray:
-        rows = images[k * shard_size : (k + 1) * shard_size]
-        z = shard_noise(seed, step, first_shard + k, rows.shape)
+        rows = images[k * group_size : (k + 1) * group_size]  # [G, H, W, C]
+        z = group_noise(seed, step, first_group + k, rows.shape)  # [G, H, W, C]
         return z[ot_permutation(rows, z)]
 
-    shards = range(b // shard_size)
-    parts = list(pool.map(one, shards)) if pool is not None else [one(k) for k in shards]
+    ks = range(groups)
+    parts = list(pool.map(one, ks)) if pool is not None else [one(k) for k in ks]
     return np.concatenate(parts, axis=0)
 
 
@@ -83,8 +93,8 @@ class CoupledBatches(BackgroundIterator):
         batches,
         start_step: int,
         seed: int,
-        shard_size: int,
-        first_shard: int,
+        group_size: int,
+        first_group: int,
         prefetch: int = 2,
         threads: int = 0,
     ):
@@ -94,7 +104,7 @@ class CoupledBatches(BackgroundIterator):
         def coupled():
             for step, batch in enumerate(batches, start=start_step):
                 noise = couple_batch(
-                    batch["image"], step, seed, shard_size, first_shard, self._pool
+                    batch["image"], step, seed, group_size, first_group, self._pool
                 )
                 yield {**batch, "noise": noise}
 
@@ -116,20 +126,21 @@ def wrap_if_enabled(
 ):
     """`batches` with OT-coupled noise when config.method.ot_coupling, else unchanged.
 
-    Shards follow the 'data' mesh axis: each of the num_devices devices gets batch_size /
-    num_devices consecutive rows, and this process's rows start at shard
-    process_index * (its shard count), as jax.devices() orders devices by process.
+    Each process reads rows [process_index * b, (process_index + 1) * b) of the global batch,
+    b = batch_size / process_count (cm/data.py), so its first group is process_index * b / G.
+    num_devices only sizes the thread pool (one thread per local device, at most one per group);
+    the coupled noise does not depend on it.
     """
     if not config.method.ot_coupling:
         return batches
-    shard_size = config.training.batch_size // num_devices
-    local_shards = num_devices // process_count
+    group_size = config.method.ot_group_size
+    local_groups = check_groups(config.training.batch_size, group_size, process_count)
     return CoupledBatches(
         batches,
         start_step,
         config.seed,
-        shard_size,
-        first_shard=process_index * local_shards,
+        group_size,
+        first_group=process_index * local_groups,
         prefetch=config.method.ot_prefetch,
-        threads=local_shards,
+        threads=min(max(num_devices // process_count, 1), local_groups),
     )

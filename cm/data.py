@@ -5,10 +5,14 @@ Sources (`config.data.name`, one loader each in `LOADERS`):
           downloads nothing; split "train" = the first 1500 images, "test" = the other 297.
   tfds    a tensorflow_datasets dataset prepared beforehand in the array_record format and read
           by random access (`tfds.data_source`); each process reads only its own rows.
-  npz     a local .npz file with 'images' uint8 [N,H,W,C] (or [N,H,W]) and optional 'labels'.
-  folder  a local folder of png/jpg/jpeg/webp files, searched recursively; class subfolders
-          give labels; each image is center-cropped, resized and decoded when first read.
+  npz     an .npz file with 'images' uint8 [N,H,W,C] (or [N,H,W]) and optional integer 'labels'
+          [N] in [0, data.num_classes).
+  folder  a folder of png/jpg/jpeg/webp files, searched recursively; class subfolders give
+          labels; every file is checked when the source is opened (an unreadable one is an
+          error then, not mid-training); each image is center-cropped, resized and decoded
+          when first read.
   latents a latent dataset written by --mode=encode (cm/latent_data.py), standardized floats.
+Files are read through cm/fileio.py, so data.path may be local or on a bucket (gs://).
 
 Every source is random access (`Source.get(indices)`), so the order of the data is ours to
 choose: the batch at training step `step` is a pure function of (seed, step) built from one
@@ -22,18 +26,21 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
+import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
 
-from cm import latent_data
+from cm import fileio, latent_data
 from cm.prefetch import BackgroundIterator
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 DIGITS_TRAIN_SIZE = 1500  # digits "train" = images [0, 1500), "test" = [1500, 1797)
 _FLIP_STREAM = 0x466C6970  # separates the flip random stream from the permutation streams
+_CHECK_THREADS = 16  # folder images checked at once when the source is opened (I/O bound)
+_NAMED_BAD_FILES = 3  # how many unreadable files the error names (it also gives their count)
 
 
 class Source(Protocol):
@@ -96,16 +103,9 @@ class FolderSource:
     """
 
     def __init__(self, root: str, image_size: int, channels: int, cache_bytes: int = 1 << 30):
-        paths = []
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames.sort()
-            paths += [
-                os.path.join(dirpath, f)
-                for f in sorted(filenames)
-                if f.lower().endswith(IMAGE_EXTENSIONS)
-            ]
-        self.paths = paths
-        parts = [os.path.relpath(p, root).split(os.sep) for p in paths]
+        relative = [r for r in fileio.walk_files(root) if r.lower().endswith(IMAGE_EXTENSIONS)]
+        self.paths = [str(fileio.path(root) / r) for r in relative]
+        parts = [r.split("/") for r in relative]
         labelled = bool(parts) and all(len(q) > 1 for q in parts)  # every file in a subfolder
         self.class_names = sorted({q[0] for q in parts}) if labelled else []
         index = {name: i for i, name in enumerate(self.class_names)}
@@ -122,14 +122,20 @@ class FolderSource:
     def _load_uncached(self, i: int) -> np.ndarray:
         from PIL import Image
 
-        with Image.open(self.paths[i]) as im:
-            im = im.convert(self.mode)
-            w, h = im.size
-            s = min(w, h)
-            box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
-            size = (self.image_size, self.image_size)
-            im = im.resize(size, Image.Resampling.LANCZOS, box=box)  # center crop + resize
-            x = np.asarray(im, np.uint8)
+        try:
+            with fileio.open_file(self.paths[i]) as f, Image.open(f) as im:
+                im = im.convert(self.mode)
+                w, h = im.size
+                s = min(w, h)
+                box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+                size = (self.image_size, self.image_size)
+                im = im.resize(size, Image.Resampling.LANCZOS, box=box)  # center crop + resize
+                x = np.asarray(im, np.uint8)
+        except (OSError, SyntaxError, ValueError) as e:  # damaged after the check at opening
+            raise ValueError(
+                f"The image file {self.paths[i]} cannot be decoded ({e}); delete or replace it "
+                "and run the same command again."
+            ) from None
         return x[..., None] if x.ndim == 2 else x  # [S,S,C]
 
     def get(self, indices):
@@ -202,25 +208,86 @@ def _load_tfds(cfg) -> Source:
 
 def _load_npz(cfg) -> Source:
     expected = "'images' uint8 [N,H,W,C] or [N,H,W] and optional 'labels' int [N]"
-    if not cfg.path or not os.path.isfile(cfg.path):
+    if not cfg.path or not fileio.is_file(cfg.path):
         raise FileNotFoundError(f"data.path={cfg.path!r} is not an .npz file with {expected}.")
-    with np.load(cfg.path) as f:
-        arrays = {k: f[k] for k in f.files}
+    try:
+        arrays = fileio.load_npz(cfg.path)
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise ValueError(
+            f"data.path={cfg.path!r} is not a readable .npz file ({e}); write it with np.savez "
+            f"and {expected}."
+        ) from None
     images, labels = arrays.get("images"), arrays.get("labels")
     if images is None or images.dtype != np.uint8 or images.ndim not in (3, 4):
         found = {k: f"{v.dtype}{list(v.shape)}" for k, v in arrays.items()}
         raise ValueError(f"{cfg.path} holds {found}; it needs {expected}.")
+    if labels is not None:
+        _check_labels(cfg, labels, len(images))
     return ArraySource(images, labels)
 
 
+def _check_labels(cfg, labels: np.ndarray, num_images: int) -> None:
+    """Refuses labels that are not one class index in [0, data.num_classes) per image, when the
+    file is opened: a float label would be truncated, a -1 would index the last class."""
+    where = f"data.path={cfg.path!r}"
+    if labels.shape != (num_images,):
+        raise ValueError(
+            f"{where} has labels of shape {list(labels.shape)} for {num_images} images; store "
+            f"one class index per image, 'labels' int [{num_images}]."
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{where} has labels of dtype {labels.dtype}, not integers; store the class "
+            "indices as an integer array (float labels are refused rather than truncated)."
+        )
+    if not num_images:
+        return
+    low, high, classes = int(labels.min()), int(labels.max()), cfg.num_classes
+    if low < 0 or (classes and high >= classes):
+        allowed = f"[0, {classes})" if classes else "[0, ...)"
+        raise ValueError(
+            f"{where} has labels from {low} to {high}, outside {allowed} of "
+            f"data.num_classes={classes}; fix the labels or set data.num_classes to the "
+            "number of classes."
+        )
+
+
+def _unreadable(path: str) -> bool:
+    """True if `path` cannot be read as an image: PNG files are checked chunk by chunk against
+    their checksums (Image.verify), other formats are decoded at reduced size (JPEG's draft
+    mode), which finds truncated files that verify does not."""
+    from PIL import Image
+
+    try:
+        with fileio.open_file(path) as f, Image.open(f) as im:
+            if im.format == "PNG":
+                im.verify()
+            else:
+                im.draft(im.mode, (1, 1))
+                im.load()
+    except Exception:  # PIL reports damage as OSError, SyntaxError, ValueError, struct.error...
+        return True
+    return False
+
+
 def _load_folder(cfg) -> Source:
-    if not cfg.path or not os.path.isdir(cfg.path):
+    if not cfg.path or not fileio.is_dir(cfg.path):
         raise FileNotFoundError(f"data.path={cfg.path!r} is not a folder of image files.")
     if cfg.channels not in (1, 3):
         raise ValueError(f"data.channels={cfg.channels} must be 1 (grayscale) or 3 (RGB).")
     source = FolderSource(cfg.path, cfg.image_size, cfg.channels)
     if not len(source):
         raise FileNotFoundError(f"data.path={cfg.path!r} holds no {'/'.join(IMAGE_EXTENSIONS)}.")
+    with ThreadPoolExecutor(_CHECK_THREADS) as pool:
+        unreadable = list(pool.map(_unreadable, source.paths))
+    bad = [p for p, b in zip(source.paths, unreadable, strict=True) if b]
+    if bad:
+        more = ", ..." if len(bad) > _NAMED_BAD_FILES else ""
+        named = ", ".join(bad[:_NAMED_BAD_FILES]) + more
+        raise ValueError(
+            f"data.path={cfg.path!r} holds {len(bad)} image files that cannot be read ({named}); "
+            "delete or replace them."
+        )
     return source
 
 

@@ -3,13 +3,12 @@
 Every image of config.vae.images -> scale_factor * one VAE posterior sample -> the file at
 config.data.path with its per-element mean and std (cm/latent_data.py). Data parallel over all
 devices of all processes, with a progress line; progress is saved every vae.part_images images
-in <data.path>.parts/, so a killed encode resumes with the same command, and the final file
-appears atomically.
+in <data.path>.parts/, so a killed encode resumes with the same command. The final file
+appears atomically (cm/fileio.py: a rename on disk, one upload on a bucket, where a rename
+would be a copy), and the parts are deleted after it.
 """
 
 import json
-import os
-import shutil
 
 import jax
 import numpy as np
@@ -17,7 +16,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cm import data, experiment, latent_data, latents
+from cm import data, experiment, fileio, latent_data, latents
 from cm.models import vae_weights
 
 
@@ -59,34 +58,37 @@ def _parts_dir(config) -> str:
 
 
 def _part_path(parts_dir: str, start: int, stop: int) -> str:
-    return os.path.join(parts_dir, f"part_{start:010d}_{stop:010d}.npz")
+    return str(fileio.path(parts_dir) / f"part_{start:010d}_{stop:010d}.npz")
 
 
 def _encode_settings(config, num_images: int) -> dict:
-    """What the saved parts depend on; parts written under other settings are discarded."""
+    """What the saved parts depend on; parts written under other settings are discarded.
+    As JSON reads it back (tuples become lists), so that equal settings compare equal."""
     v = config.vae
-    return {
+    settings = {
         "images": v.images.to_dict(),
         "num_images": num_images,
-        "weights_path": os.path.abspath(os.path.expanduser(v.weights_path)),
+        "weights_path": str(fileio.local_absolute(v.weights_path)),
         "scale_factor": v.scale_factor,
         "seed": v.seed,
         "part_images": v.part_images,
     }
+    return json.loads(json.dumps(settings, default=str))
 
 
 def _prepare_parts(parts_dir: str, settings: dict) -> None:
     """Keeps parts saved under the same settings; starts over otherwise (process 0 only)."""
-    meta = os.path.join(parts_dir, "settings.json")
-    if jax.process_index() == 0:
-        stale = not os.path.isfile(meta) or _read_json(meta) != settings
-        if os.path.isdir(parts_dir) and stale:
-            shutil.rmtree(parts_dir)
-        if not os.path.isdir(parts_dir):
-            os.makedirs(parts_dir)
-            with open(meta, "w") as f:
-                json.dump(settings, f)
+    meta = fileio.path(parts_dir) / "settings.json"
+    if jax.process_index() == 0 and _stale(meta, settings):
+        fileio.rmtree(parts_dir)
+        fileio.makedirs(parts_dir)
+        fileio.write_json_atomic(meta, settings)
     multihost_utils.sync_global_devices("cm.latents.prepare_parts")
+
+
+def _stale(meta, settings: dict) -> bool:
+    """No parts yet, or parts of other settings: start over."""
+    return not fileio.is_file(meta) or fileio.read_json(meta) != settings
 
 
 def encode(config, workdir: str):
@@ -94,7 +96,7 @@ def encode(config, workdir: str):
     del workdir  # the latent dataset lives at data.path, shared by every run that trains on it
     _check_latent_config(config)
     out = config.data.path
-    if os.path.isfile(out):
+    if fileio.is_file(out):
         print(f"{out} exists; delete it to encode again.")
         return out
     source = _image_source(config)
@@ -115,19 +117,18 @@ def encode(config, workdir: str):
     for start in range(0, n, part):
         stop = min(start + part, n)
         path = _part_path(parts_dir, start, stop)
-        if not os.path.isfile(path):
+        if not fileio.is_file(path):
             z, labels = _encode_range(source, encoder, params, mesh, start, stop, batch, n)
             if jax.process_index() == 0:
-                np.savez(path + ".tmp.npz", latents=z, labels=labels)
-                os.replace(path + ".tmp.npz", path)
+                fileio.save_npz_atomic(path, latents=z, labels=labels)
         else:
             _report(stop, n)
     multihost_utils.sync_global_devices("cm.latents.parts_written")
     if jax.process_index() == 0:
         z, labels = _read_parts(parts_dir, n, part)
         classes = config.vae.images.num_classes or source.num_classes
-        latent_data.write(out, z, labels, config.vae.scale_factor, classes)
-        shutil.rmtree(parts_dir)
+        latent_data.write(out, z, labels, config.vae.scale_factor, classes)  # one upload
+        fileio.rmtree(parts_dir)  # only after the final file is complete
         print(f"{n} latents of shape {z.shape[1:]} -> {out}")
     multihost_utils.sync_global_devices("cm.latents.done")
     return out
@@ -159,17 +160,12 @@ def _encode_range(source, encoder, params, mesh, start, stop, batch: int, n: int
     return np.concatenate(zs), np.concatenate(ys)
 
 
-def _read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
-
-
 def _read_parts(parts_dir: str, n: int, part: int):
     zs, ys = [], []
     for start in range(0, n, part):
-        with np.load(_part_path(parts_dir, start, min(start + part, n))) as f:
-            zs.append(f["latents"])
-            ys.append(f["labels"])
+        f = fileio.load_npz(_part_path(parts_dir, start, min(start + part, n)))
+        zs.append(f["latents"])
+        ys.append(f["labels"])
     return np.concatenate(zs), np.concatenate(ys)
 
 

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,14 @@ def exists(p: PathLike) -> bool:
     return path(p).exists()
 
 
+def is_file(p: PathLike) -> bool:
+    return path(p).is_file()
+
+
+def is_dir(p: PathLike) -> bool:
+    return path(p).is_dir()
+
+
 def makedirs(p: PathLike) -> epath.Path:
     """Creates the folder and its parents (a no-op on object stores, which have none)."""
     p = path(p)
@@ -61,6 +70,26 @@ def listdir(p: PathLike) -> list[str]:
     if not p.exists():
         return []
     return sorted(child.name for child in p.iterdir())
+
+
+def walk_files(p: PathLike) -> list[str]:
+    """Paths relative to `p` ('a/b.png') of every file under the folder, in the order of a
+    top-down walk with sorted names: at each level the files first, then each subfolder.
+    Local symlinked folders are followed. [] when the folder does not exist."""
+    root = path(p)
+    if not root.is_dir():
+        return []
+    if is_remote(root):  # the store's own walk (os.walk would see no folder there)
+        walk = [(str(d.relative_to(root)), files) for d, _, files in root.walk()]
+    else:
+        walk = [(os.path.relpath(d, root), f) for d, _, f in os.walk(root, followlinks=True)]
+    found = [name if d == "." else f"{d}/{name}" for d, files in walk for name in files]
+
+    def order(relative: str):  # files sort before the subfolders beside them
+        *folders, name = relative.split("/")
+        return [(1, f) for f in folders] + [(0, name)]
+
+    return sorted(found, key=order)
 
 
 def remove(p: PathLike):
@@ -136,10 +165,15 @@ def save_npz_atomic(p: PathLike, **arrays: np.ndarray):
     write_bytes_atomic(p, buffer.getvalue())
 
 
-def load_npz(p: PathLike) -> dict[str, np.ndarray]:
-    """All arrays of an .npz from any path (pickled objects refused)."""
-    with np.load(io.BytesIO(read_bytes(p)), allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+def load_npz(p: PathLike, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz from any path (pickled objects refused): all of them, or only
+    `keys`, streamed from the file so that the other arrays are never read (KeyError if one is
+    missing)."""
+    if keys is None:
+        with np.load(io.BytesIO(read_bytes(p)), allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    with open_file(p) as file, np.load(file, allow_pickle=False) as f:
+        return {k: f[k] for k in keys}
 
 
 def open_file(p: PathLike, mode: str = "rb"):

@@ -1,9 +1,12 @@
 """Image grids for humans: uint8 batches tiled into one picture and written as PNG."""
 
+import io
 import math
 
 import numpy as np
 from PIL import Image
+
+from cm import fileio
 
 DISPLAY_SIZE = 128  # small sample images are upscaled to at least this many pixels per cell
 
@@ -28,8 +31,16 @@ def make_grid(images, columns: int | None = None, pad: int = 1):
     return grid
 
 
-def save_png(path: str, grid, upscale: int = 1):
-    """Writes a uint8 [H, W, C] image, nearest-neighbour upscaled so small images stay visible."""
+def png_bytes(grid, upscale: int = 1) -> bytes:
+    """A uint8 [H, W, C] image as PNG file bytes, nearest-neighbour upscaled so small images
+    stay visible."""
     if upscale > 1:
         grid = grid.repeat(upscale, axis=0).repeat(upscale, axis=1)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    buffer = io.BytesIO()
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_png(path: fileio.PathLike, grid, upscale: int = 1):
+    """Writes a uint8 [H, W, C] image as PNG to any path (gs:// too), atomically."""
+    fileio.write_bytes_atomic(path, png_bytes(grid, upscale))

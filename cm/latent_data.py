@@ -10,9 +10,9 @@ Training sees x = (latents - mean) / std * latent_std (sLCT: std 0.5, PAPERS.md 
 decoding undoes both steps (`unstandardize`, then division by scale_factor).
 """
 
-import os
-
 import numpy as np
+
+from cm import fileio
 
 FIELDS = ("latents", "labels", "mean", "std", "scale_factor", "num_classes")
 
@@ -42,16 +42,16 @@ def statistics(latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write(path: str, latents: np.ndarray, labels: np.ndarray, scale_factor: float, classes: int):
-    """Writes the latent dataset with its statistics; atomic (a partial file never appears)."""
+    """Writes the latent dataset with its statistics; atomic (a partial file never appears: one
+    upload on object stores)."""
     mean, std = statistics(latents)
     if not np.all(std > 0):
         raise ValueError(
             f"The {len(latents)} encoded latents have zero spread in some elements, so they "
             "cannot be standardized: encode a dataset of more than one distinct image."
         )
-    tmp = path + ".tmp.npz"
-    np.savez(
-        tmp,
+    fileio.save_npz_atomic(
+        path,
         latents=latents.astype(np.float32),
         labels=labels.astype(np.int32),
         mean=mean,
@@ -59,18 +59,17 @@ def write(path: str, latents: np.ndarray, labels: np.ndarray, scale_factor: floa
         scale_factor=np.float32(scale_factor),
         num_classes=np.int32(classes),
     )
-    os.replace(tmp, path)
 
 
 def read_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) float32 [h, w, c] of a latent dataset file, without reading the latents."""
     _check(path)
-    with np.load(path) as f:
-        return f["mean"], f["std"]
+    stats = fileio.load_npz(path, keys=("mean", "std"))
+    return stats["mean"], stats["std"]
 
 
 def _check(path: str) -> None:
-    if not path or not os.path.isfile(path):
+    if not path or not fileio.is_file(path):
         raise FileNotFoundError(
             f"No latent dataset at data.path={path!r}: write it first with the same --config "
             "and --mode=encode (it encodes the images of vae.images)."
@@ -82,16 +81,16 @@ class LatentSource:
 
     def __init__(self, path: str, latent_std: float):
         _check(path)
-        with np.load(path) as f:
-            missing = [k for k in FIELDS if k not in f.files]
-            if missing:
-                raise ValueError(
-                    f"{path} lacks {missing}, so it is not a latent dataset of --mode=encode; "
-                    "write it again with --mode=encode."
-                )
-            z, mean, std = f["latents"], f["mean"], f["std"]
-            self.labels = f["labels"].astype(np.int32)  # [N]
-            self.num_classes = max(int(f["num_classes"]), 1)
+        f = fileio.load_npz(path)
+        missing = [k for k in FIELDS if k not in f]
+        if missing:
+            raise ValueError(
+                f"{path} lacks {missing}, so it is not a latent dataset of --mode=encode; "
+                "write it again with --mode=encode."
+            )
+        z, mean, std = f["latents"], f["mean"], f["std"]
+        self.labels = f["labels"].astype(np.int32)  # [N]
+        self.num_classes = max(int(f["num_classes"]), 1)
         self.latents = standardize(z, mean, std, latent_std).astype(np.float32)  # [N, h, w, c]
 
     def __len__(self) -> int:

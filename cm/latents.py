@@ -9,14 +9,13 @@ program.
 """
 
 import functools
-import os
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cm import latent_data
+from cm import fileio, latent_data
 from cm.models import vae, vae_weights
 
 _DECODER_PARTS = ("post_quant_conv", "decoder")  # the parameters decoding needs
@@ -87,10 +86,9 @@ class LatentDecoding:
         self.scale_factor = config.vae.scale_factor
         self.weights_path = config.vae.weights_path
         self.mesh = mesh
-        path = os.path.expanduser(self.weights_path)
-        if not os.path.isfile(path):  # fail at start-up, not at the first sample grid
+        if not fileio.is_file(self.weights_path):  # fail at start-up, not at the first grid
             raise FileNotFoundError(
-                f"No VAE weights at vae.weights_path={path!r} to decode samples: "
+                f"No VAE weights at vae.weights_path={self.weights_path!r} to decode samples: "
                 f"{vae_weights.WEIGHTS_HELP}."
             )
 

@@ -1,12 +1,9 @@
 """What `launch.py --mode=...` runs: one function of (config, workdir) per mode."""
 
-import os
-
 import jax
-import numpy as np
 from absl import logging
 
-from cm import encode, experiment, images, sampling, train
+from cm import encode, experiment, fileio, images, run_record, sampling, train
 from cm.checkpoint import Checkpointer
 from cm.evaluation import run as evaluation
 from cm.lcsc import run as lcsc_run
@@ -24,17 +21,16 @@ def summary(config, workdir: str):
 
 
 def restore_for_sampling(config, workdir: str):
-    """(params to sample from, step) of the newest full checkpoint in workdir."""
+    """(params to sample from, step) of the newest good full checkpoint in workdir.
+
+    Read-only: a workdir without a checkpoint is refused and nothing is created in it.
+    """
     exp = experiment.build(config)
-    ckpt = Checkpointer(workdir, config.training.keep_checkpoints, config.to_dict())
-    step = ckpt.latest_step()
-    if step is None:
-        raise FileNotFoundError(
-            f"No checkpoint in {os.path.join(workdir, 'checkpoints')}; train first with the same "
-            "--config and --workdir and --mode=train."
-        )
+    run_record.check(workdir, config.to_dict())
+    ckpt = Checkpointer(workdir, read_only=True)
     train_state = ckpt.restore(experiment.abstract_state(exp, config))
     ckpt.close()
+    step = ckpt.restored_step
     return exp, train.sampling_params(train_state, config.sampling.params), step
 
 
@@ -42,7 +38,7 @@ def sample(config, workdir: str):
     """sampling.num_samples uint8 samples per sampler -> samples/<name>_step<k>.npz and .png."""
     exp, params, step = restore_for_sampling(config, workdir)
     s = config.sampling
-    out_dir = os.path.join(workdir, "samples")
+    out_dir = fileio.path(workdir) / "samples"
     written = {}
     for name, sampler in experiment.samplers(config, exp).items():
         progress = _progress_printer(name) if jax.process_index() == 0 else None
@@ -50,9 +46,8 @@ def sample(config, workdir: str):
             sampler, params, s.seed, s.num_samples, s.batch_size, progress
         )
         if jax.process_index() == 0:
-            os.makedirs(out_dir, exist_ok=True)
-            stem = os.path.join(out_dir, f"{name}_step{step:08d}")
-            np.savez(stem + ".npz", images=pics, labels=labels)
+            stem = str(out_dir / f"{name}_step{step:08d}")
+            fileio.save_npz_atomic(stem + ".npz", images=pics, labels=labels)
             upscale = images.display_upscale(pics.shape[1])  # decoded latents: larger than data
             images.save_png(stem + ".png", images.make_grid(pics[:100]), upscale)
             logging.info("Wrote %d samples to %s.npz", len(pics), stem)

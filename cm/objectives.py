@@ -10,7 +10,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from cm import losses, schedules
+from cm import coupling, losses, schedules
 
 
 def ict_loss(
@@ -116,6 +116,8 @@ def edm_loss(denoise, params, batch, rng, step, *, p_mean: float, p_std: float, 
 
 def _ict_from_config(config, denoise):
     m = config.method
+    if m.ot_coupling:  # fail at start-up, before the workdir is touched
+        coupling.check_groups(config.training.batch_size, m.ot_group_size, jax.process_count())
     return functools.partial(
         ict_loss,
         denoise,

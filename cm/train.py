@@ -5,7 +5,6 @@ killed at any moment resumes from its last checkpoint exactly as if it had never
 """
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +12,12 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
 
-from cm import coupling, data, experiment, images, power_ema, sampling, state
+from cm import coupling, data, experiment, fileio, images, power_ema, run_record, sampling, state
 from cm.checkpoint import Checkpointer
 from cm.evaluation.run import periodic as periodic_eval
+from cm.workdir_lock import WorkdirLock
 
 
 def make_train_step(exp: experiment.Experiment, ema_rates, seed: int):
@@ -83,30 +84,62 @@ def write_sample_grids(config, exp, samplers, params, step: int, workdir: str, w
     n = config.training.grid_samples
     devices = exp.mesh.size
     batch = math.ceil(n / devices) * devices
-    out_dir = os.path.join(workdir, "samples")
+    out_dir = fileio.path(workdir) / "samples"
     for name, sampler in samplers.items():
         pics, _ = sampling.generate(sampler, params, config.sampling.seed, n, batch, ordered=True)
         grid = images.make_grid(pics, columns=config.data.num_classes or None)
         if jax.process_index() == 0:
-            os.makedirs(out_dir, exist_ok=True)
             upscale = images.display_upscale(pics.shape[1])  # decoded latents: larger than data
-            images.save_png(os.path.join(out_dir, f"step{step:08d}_{name}.png"), grid, upscale)
+            images.save_png(out_dir / f"step{step:08d}_{name}.png", grid, upscale)
         writer.write_images(step, {f"samples/{name}": grid[None]})
 
 
 def train_and_evaluate(config, workdir: str):
-    """Trains config.training.num_steps steps in workdir, resuming from its last checkpoint."""
+    """Trains config.training.num_steps steps in workdir, resuming from its last checkpoint.
+
+    Everything that can refuse the run (data, config, the run's record, the lock) is checked
+    before anything is written to the workdir.
+    """
     t = config.training
     source = data.load_source(config.data)
     exp = experiment.build(config)
     check_batch_size(config, exp.mesh.size)
-    ckpt = Checkpointer(workdir, t.keep_checkpoints, config.to_dict())
+    run_record.check(workdir, config.to_dict())
+    lock = lock_workdir(workdir, t)
+    try:
+        return _train(config, workdir, source, exp)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def lock_workdir(workdir: str, t):
+    """Process 0 takes the workdir lock; every process learns whether it got it."""
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = WorkdirLock(workdir, t.lock_heartbeat_seconds, t.lock_stale_seconds).acquire()
+        except ValueError as e:
+            error = e
+    if jax.process_count() > 1:
+        locked = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+        if not locked and error is None:
+            error = ValueError(f"Process 0 could not lock the workdir {workdir}; see its error.")
+    if error is not None:
+        raise error
+    return lock
+
+
+def _train(config, workdir: str, source, exp: experiment.Experiment):
+    t = config.training
+    ckpt = Checkpointer(workdir, t.keep_checkpoints)
     if ckpt.latest_step() is not None:
         train_state = ckpt.restore(experiment.abstract_state(exp, config))
         logging.info("Resumed from step %d in %s.", int(train_state.step), workdir)
     else:
         train_state = experiment.init_state(exp, config)
     start = int(train_state.step)
+    run_record.record_start(workdir, config.to_dict(), start)
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if start == 0:
@@ -127,12 +160,13 @@ def train_and_evaluate(config, workdir: str):
     batches = coupling.wrap_if_enabled(
         batches, config, exp.mesh.size, start, jax.process_index(), jax.process_count()
     )
-    last_good = ckpt.latest_step()
+    last_good = ckpt.restored_step  # the checkpoint this run trusts: verified, or saved by it
     try:
         for step in range(start + 1, t.num_steps + 1):  # `step` = steps done after this one
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 train_state, metrics = step_fn(train_state, global_batch(next(batches), exp))
             progress(step)
+            ckpt.seal()  # digests of saves that have committed since the last step
             is_last = step == t.num_steps or step - start == t.steps_per_run
             if step % t.log_every == 0 or is_last:
                 metrics = jax.device_get(metrics)
@@ -161,12 +195,17 @@ def train_and_evaluate(config, workdir: str):
 
 
 def _nan_guard(loss: float, step: int, workdir: str, last_good):
-    if not np.isfinite(loss):
-        raise FloatingPointError(
-            f"The loss became {loss} at step {step}; training stopped and the last good "
-            f"checkpoint (step {last_good}) in {workdir} is kept: lower optim.learning_rate or "
-            "set optim.grad_clip, then rerun the same command to resume from it."
-        )
+    if np.isfinite(loss):
+        return
+    kept = (
+        f"the last good checkpoint (step {last_good}) in {workdir} is kept"
+        if last_good is not None
+        else f"no checkpoint of this run is good yet, so nothing in {workdir} can be resumed"
+    )
+    raise FloatingPointError(
+        f"The loss became {loss} at step {step}; training stopped and {kept}: lower "
+        "optim.learning_rate or set optim.grad_clip, then rerun the same command."
+    )
 
 
 def _nan_guard_state(train_state, step: int, workdir: str, last_good):

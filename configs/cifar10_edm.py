@@ -2,17 +2,22 @@
 
     python launch.py --config=configs/cifar10_edm.py --workdir=gs://bucket/cifar10_edm
 
-Prepare the data once: `tfds build cifar10 --data_dir=DIR`, then --config.data.tfds_dir=DIR.
+Prepare the data once (array_record: random access, exact resume), then pass
+--config.data.tfds_dir=DIR:
+
+    tfds build cifar10 --data_dir=DIR --file_format=array_record
+
 Optimizer and schedule follow EDM's CIFAR-10 recipe: Adam 1e-3, batch 512, 200 Mimg
 (390625 steps), learning-rate warmup over 10 Mimg (19531 steps), dropout 0.13, EMA half-life
 0.5 Mimg = rate 0.5^(512/500000) = 0.99929 per step (EDM's EMA ramp-up is not modelled).
 """
 
 from configs.common import base_config
+from configs.variants import parse_variant
 
 
 def get_config(arg=None):
-    del arg
+    parse_variant(__file__, arg)
     c = base_config()
     c.data.name = "tfds"
     c.data.tfds_name = "cifar10"

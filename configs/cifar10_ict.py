@@ -3,13 +3,19 @@
     python launch.py --config=configs/cifar10_ict.py --workdir=gs://bucket/cifar10_ict
     python launch.py --config=configs/cifar10_ict.py:deep --workdir=...   # iCT-deep
 
-Prepare the data once: `tfds build cifar10 --data_dir=DIR`, then --config.data.tfds_dir=DIR.
+Prepare the data once (array_record: random access, exact resume), then pass
+--config.data.tfds_dir=DIR:
+
+    tfds build cifar10 --data_dir=DIR --file_format=array_record
+
 """
 
 from configs.common import base_config
+from configs.variants import parse_variant
 
 
 def get_config(arg=None):
+    variant = parse_variant(__file__, arg, ("deep",))
     c = base_config()
     c.data.name = "tfds"
     c.data.tfds_name = "cifar10"
@@ -22,7 +28,7 @@ def get_config(arg=None):
     c.model.name = "unet"
     c.model.channels = 128
     c.model.channel_mult = (2, 2, 2)
-    c.model.num_blocks = 8 if arg == "deep" else 4
+    c.model.num_blocks = 8 if variant == "deep" else 4
     c.model.attn_resolutions = (16,)
     c.model.dropout = 0.3
     c.model.embedding = "fourier"

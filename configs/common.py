@@ -56,7 +56,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.method.adaptive_c_log_offset = -0.85
     c.method.diffusion_weight = 0.0  # sLCT: 5.0 (EDM-weighted x0 MSE at low noise)
     c.method.diffusion_quantile = 0.25  # the lowest fraction of the current grid it covers
-    c.method.ot_coupling = False  # exact minibatch OT pairing of data and noise per device shard
+    c.method.ot_coupling = False  # exact minibatch OT pairing of data and noise in each group
+    # Rows per OT group: the global batch is cut into consecutive groups of this size, each
+    # paired on its own, whatever the device count (128 = the per-GPU batch of the sLCT
+    # authors' scripts; it must divide batch_size / process count).
+    c.method.ot_group_size = 128
     c.method.ot_prefetch = 2  # coupled batches computed ahead on the host
 
     c.optim = ml_collections.ConfigDict()
@@ -85,6 +89,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Stop (with a checkpoint) after this many steps in one process, 0 = run to num_steps: for
     # clusters with job time limits; the same command resumes.
     c.training.steps_per_run = 0
+    # One training process per workdir (cm/workdir_lock.py): the owner refreshes lock.json every
+    # heartbeat; a lock whose heartbeat is older than stale_seconds is taken over (a dead owner on
+    # the same host is detected at once by its pid).
+    c.training.lock_heartbeat_seconds = 30.0
+    c.training.lock_stale_seconds = 300.0
 
     c.sampling = ml_collections.ConfigDict()
     c.sampling.num_samples = 64

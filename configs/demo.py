@@ -4,10 +4,11 @@ python launch.py --config=configs/demo.py --workdir=runs/demo
 """
 
 from configs.common import base_config
+from configs.variants import parse_variant
 
 
 def get_config(arg=None):
-    del arg
+    parse_variant(__file__, arg)
     c = base_config()
     c.data.name = "digits"
     c.data.image_size = 8

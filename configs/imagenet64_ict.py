@@ -2,16 +2,21 @@
 
     python launch.py --config=configs/imagenet64_ict.py --workdir=gs://bucket/imagenet64_ict
 
-Prepare the data once: `tfds build imagenet_resized/64x64 --data_dir=DIR` (needs the ImageNet
-archives, see the tfds catalog), then --config.data.tfds_dir=DIR. Values marked (unverified)
-come from secondary sources (PAPERS.md); optimizer and curriculum are the CIFAR-10 ones.
+Prepare the data once (it needs the ImageNet archives, see the tfds catalog; array_record
+gives random access, so resuming is exact), then pass --config.data.tfds_dir=DIR:
+
+    tfds build imagenet_resized/64x64 --data_dir=DIR --file_format=array_record
+
+Values marked (unverified) come from secondary sources (PAPERS.md); optimizer and curriculum
+are the CIFAR-10 ones.
 """
 
 from configs.common import base_config
+from configs.variants import parse_variant
 
 
 def get_config(arg=None):
-    del arg
+    parse_variant(__file__, arg)
     c = base_config()
     c.data.name = "tfds"
     c.data.tfds_name = "imagenet_resized/64x64"

@@ -1,5 +1,6 @@
 """Tests for cm/data.py: sources, the deterministic resumable order, sharding, flips, errors."""
 
+import io
 import os
 
 import numpy as np
@@ -168,6 +169,46 @@ def test_npz_round_trip_and_errors(tmp_path):
         data.load_source(data_config(name="npz", path=path, image_size=5, channels=1))
 
 
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (np.arange(5), r"labels of shape \[5\] for 6 images"),
+        (np.zeros((6, 1), np.int64), r"labels of shape \[6, 1\] for 6 images"),
+        (np.array([0.0, 1.0, 2.0, 0.5, 1.0, 2.0]), r"dtype float64, not integers"),
+        (np.arange(6, dtype=np.float32), r"dtype float32, not integers"),  # whole numbers too
+        (np.array([0, 1, -1, 2, 0, 1]), r"labels from -1 to 2, outside \[0, 10\)"),
+        (np.array([0, 1, 10, 2, 0, 1]), r"labels from 0 to 10, outside \[0, 10\)"),
+    ],
+)
+def test_npz_bad_labels_refused_when_opened(tmp_path, labels, match):
+    path = str(tmp_path / "x.npz")
+    np.savez(path, images=np.zeros((6, 5, 5), np.uint8), labels=labels)
+    cfg = data_config(name="npz", path=path, image_size=5, channels=1, num_classes=10)
+    with pytest.raises(ValueError, match=match) as e:
+        data.load_source(cfg)
+    message = str(e.value)
+    assert f"data.path={path!r}" in message and message.count(". ") == 0  # one sentence
+
+
+def test_npz_labels_of_an_unlabelled_run(tmp_path):
+    """data.num_classes = 0: labels are not used, so any non-negative ones load; negative
+    labels are still no class index."""
+    path = str(tmp_path / "x.npz")
+    np.savez(path, images=np.zeros((3, 5, 5), np.uint8), labels=np.array([0, 40, 2]))
+    cfg = data_config(name="npz", path=path, image_size=5, channels=1, num_classes=0)
+    assert len(data.load_source(cfg)) == 3
+    np.savez(path, images=np.zeros((3, 5, 5), np.uint8), labels=np.array([0, -1, 2]))
+    with pytest.raises(ValueError, match=r"outside \[0, \.\.\.\) of data.num_classes=0"):
+        data.load_source(cfg)
+
+
+def test_npz_unreadable_file_is_one_sentence(tmp_path):
+    path = tmp_path / "x.npz"
+    path.write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match=r"is not a readable .npz file .*np.savez"):
+        data.load_source(data_config(name="npz", path=str(path)))
+
+
 # --- folder ---------------------------------------------------------------------------------
 
 
@@ -202,6 +243,45 @@ def test_folder_labels_center_crop_and_resize(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="nowhere"):
         data.load_source(data_config(name="folder", path=str(tmp_path / "nowhere")))
+
+
+def test_folder_with_corrupt_images_names_them_when_opened(tmp_path):
+    for k in range(4):
+        write_image(str(tmp_path / "good" / f"g{k}.png"), np.full((9, 9, 3), 30 * k, np.uint8))
+    png = (tmp_path / "good" / "g0.png").read_bytes()
+    jpeg = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)).save(
+        jpeg, format="JPEG"
+    )
+    bad = {
+        "bad/a_garbage.png": b"this is not an image",
+        "bad/b_truncated.png": png[: len(png) // 2],
+        "bad/c_checksum.png": png[:40] + bytes([png[40] ^ 0xFF]) + png[41:],  # in IHDR/IDAT
+        "bad/d_truncated.jpg": jpeg.getvalue()[: len(jpeg.getvalue()) // 2],
+        "bad/e_empty.webp": b"",
+    }
+    (tmp_path / "bad").mkdir()
+    for name, content in bad.items():
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        data.load_source(data_config(name="folder", path=str(tmp_path), channels=3))
+    message = str(e.value)
+    assert "holds 5 image files that cannot be read" in message
+    for name in sorted(bad)[:3]:  # the first three by path, then "..."
+        assert str(tmp_path / name) in message
+    assert message.endswith(", ...); delete or replace them.") and "good" not in message
+    for name in bad:  # with the bad files gone, the same folder loads
+        (tmp_path / name).unlink()
+    assert len(data.load_source(data_config(name="folder", path=str(tmp_path), channels=3))) == 4
+
+
+def test_folder_file_damaged_after_opening_names_it(tmp_path):
+    write_image(str(tmp_path / "a.png"), np.zeros((9, 9, 3), np.uint8))
+    source = data.load_source(data_config(name="folder", path=str(tmp_path), channels=3))
+    (tmp_path / "a.png").write_bytes(b"gone bad")
+    source._load.cache_clear()
+    with pytest.raises(ValueError, match=r"a.png cannot be decoded .* run the same command"):
+        source.get(np.array([0]))
 
 
 # --- tfds -----------------------------------------------------------------------------------

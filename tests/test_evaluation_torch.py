@@ -9,6 +9,7 @@ code is pure Python, so the package is entered without running that __init__.
 """
 
 import importlib.util
+import pickle
 import sys
 import types
 
@@ -117,6 +118,31 @@ def test_reader_refuses_arbitrary_objects(tmp_path):
     torch.save({"w": torch.zeros(2), "f": print}, path)
     with pytest.raises(Exception, match="not part of a tensor state dict"):
         torch_pickle.read_state_dict(path.read_bytes())
+
+
+class _Marker:
+    """Unpickling this calls _record: a stand-in for a payload that runs code."""
+
+    def __reduce__(self):
+        return (_record, ("ran",))
+
+
+_RAN = []
+
+
+def _record(value):
+    _RAN.append(value)
+
+
+def test_reader_runs_no_code_from_legacy_headers():
+    """A legacy file is a stream of pickles; its first (the magic number) is read before
+    anything is known about the file, so it too must refuse every global."""
+    data = pickle.dumps(_Marker())
+    with pytest.raises(pickle.UnpicklingError, match="header of a legacy torch.save file"):
+        torch_pickle.read_state_dict(data)
+    assert _RAN == []
+    pickle.loads(data)  # the payload does run under a plain unpickler
+    assert _RAN == ["ran"]
 
 
 def _max_diffs(ours: dict, pool, logits, weight) -> dict:

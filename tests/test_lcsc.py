@@ -1,25 +1,19 @@
-"""LCSC (PAPERS.md section 4) and the EDM2 power EMA: formulas, merging, search, the mode."""
+"""LCSC (docs/methods.md section 4) and the EDM2 power EMA: formulas, merging, search, the mode."""
 
 import dataclasses
-import json
-import os
-import pickle
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import orbax.checkpoint as ocp
 import pytest
 from helpers import tiny_config
 from scipy import integrate
 
-from cm import experiment, modes, power_ema
-from cm import state as state_lib
+from cm import experiment, fileio, modes, power_ema
 from cm.checkpoint import Checkpointer
-from cm.lcsc import baselines, coefficients, merge, search
+from cm.lcsc import baselines, candidates, coefficients, merge, search, search_state
 from cm.lcsc import run as lcsc_run
+from cm.lcsc.candidates import Candidate
 from cm.lcsc.snapshots import SnapshotStream
 from configs.common import base_config
 
@@ -88,6 +82,26 @@ def test_posthoc_reconstruction_matches_a_directly_tracked_ema():
     # A tracked profile itself is reconstructed by its own snapshot.
     own = power_ema.posthoc_coefficients(in_t, in_g, 1000, 6.94)
     np.testing.assert_allclose(own, np.eye(len(in_t))[-1], atol=1e-6)
+
+
+def test_posthoc_coefficients_sum_to_one_and_reproduce_tracked_snapshots():
+    # EDM2's solve_posthoc_coefficients divides the least-squares weights by their sum. With
+    # 0.05/0.10 snapshots every 100 of 1000 steps, plain least squares for sigma_rel 0.15 sums
+    # to 0.99747 (measured), so the normalization is what makes the sum exactly 1.
+    snap = np.arange(100, 1001, 100)
+    in_t = np.concatenate([snap, snap])
+    gammas = [power_ema.std_to_gamma(s) for s in (0.05, 0.10)]
+    in_g = np.repeat(gammas, len(snap))
+    for std in (0.15, 0.075, 0.03):
+        x = power_ema.posthoc_coefficients(in_t, in_g, 1000, power_ema.std_to_gamma(std))
+        assert x.sum() == pytest.approx(1.0, abs=1e-12)
+    a = power_ema.profile_dot(in_t[:, None], in_g[:, None], in_t[None, :], in_g[None, :])
+    b = power_ema.profile_dot(in_t, in_g, 1000, power_ema.std_to_gamma(0.15))
+    assert np.linalg.lstsq(a, b, rcond=None)[0].sum() == pytest.approx(0.99747, abs=1e-5)
+    # Asking for a tracked profile (sigma_rel, snapshot time) returns that snapshot, one-hot.
+    for k, (t, g) in enumerate(zip(in_t, in_g, strict=True)):
+        x = power_ema.posthoc_coefficients(in_t, in_g, t, g)
+        np.testing.assert_allclose(x, np.eye(len(in_t))[k], atol=1e-8)
 
 
 # ---------------------------------------------------------------- coefficient vectors
@@ -170,28 +184,123 @@ def _synthetic(a):
 )
 def test_search_finds_a_known_optimum(optimizer, generations, overrides):
     lc = _search_config(optimizer, **overrides)
-    opt = search.make_optimizer(5, lc, start=np.full(5, 0.2))
     history = []
-    best, value = search.run_search(opt, _synthetic, generations, {}, history, lc)
+    result = search.run_search(5, lc, np.full(5, 0.2), _synthetic, generations, {}, history)
     assert len(history) == generations
-    assert abs(best.sum() - 1) < 1e-6
-    np.testing.assert_allclose(best, TARGET, atol=0.03)
-    assert value < 1e-3 and history[-1]["best"] <= history[0]["best"]
+    assert abs(result.best.sum() - 1) < 1e-6
+    np.testing.assert_allclose(result.best, TARGET, atol=0.03)
+    assert result.value < 1e-3 and history[-1]["best"] <= history[0]["best"]
     assert history[-1]["median"] < history[0]["median"]
+    # Nothing outside the search in the cache: both reported vectors are the search's best.
+    np.testing.assert_array_equal(result.search_best, result.best)
+    assert result.search_value == result.value == min(h["best"] for h in history)
+
+
+def test_search_reports_the_best_vector_anywhere_and_its_own_best():
+    # A "baseline" at the optimum is already in the cache (fitness 0); two generations of a
+    # search from the uniform vector do not reach it. The result keeps both vectors.
+    lc = _search_config("cma", population=6, cma_sigma=0.05)
+    baseline = search.cache_key(TARGET, lc.cache_decimals)
+    cache, history = {baseline: 0.0}, []
+    result = search.run_search(5, lc, np.full(5, 0.2), _synthetic, 2, cache, history)
+    np.testing.assert_array_equal(result.best, TARGET)
+    assert result.value == 0.0
+    assert result.search_value == min(h["best"] for h in history) > 0.1
+    entry = min(history, key=lambda h: h["best"])
+    np.testing.assert_array_equal(result.search_best, entry["best_coefficients"])
+    # The reported vectors are the rounded ones the fitness was evaluated at.
+    assert cache[tuple(result.search_best)] == result.search_value
+
+
+def test_cma_starts_from_its_start_vector():
+    # Generation 1 of CMA-ES is spread around the start (sigma 1e-4), wherever the start is.
+    lc = _search_config("cma", population=6, cma_sigma=1e-4)
+    start = coefficients.project_sum_one(np.array([0.5, -0.2, 0.3, 0.1, 0.3]))
+    history = []
+    search.run_search(5, lc, start, _synthetic, 1, {}, history)
+    np.testing.assert_allclose(history[0]["best_coefficients"], start, atol=1e-3)
 
 
 @pytest.mark.parametrize("optimizer", ["evolution", "cma"])
-def test_search_resumed_from_pickled_state_equals_uninterrupted(optimizer):
+def test_search_resumed_from_json_state_equals_uninterrupted(optimizer):
+    """Killed in the middle of generation 4, saved as JSON, resumed: the same generations as an
+    uninterrupted search, and no vector evaluated twice."""
     lc = _search_config(optimizer, population=6)
-    whole = search.make_optimizer(5, lc, np.full(5, 0.2))
-    search.run_search(whole, _synthetic, 6, {}, [], lc)
-    first = search.make_optimizer(5, lc, np.full(5, 0.2))
+    start = np.full(5, 0.2)
+    whole_calls, whole_history = [], []
+
+    def counted(a, calls):
+        calls.append(tuple(a))
+        return _synthetic(a)
+
+    whole_cache = {}
+    search.run_search(
+        5, lc, start, lambda a: counted(a, whole_calls), 6, whole_cache, whole_history
+    )
+    st = search_state.SearchState(steps=[1, 2, 3, 4, 5], settings={}, start=list(start))
+    calls = []
+
+    def dying(a):
+        if len(st.history) == 3:  # in generation 4
+            if dying.left == 0:
+                raise KeyboardInterrupt
+            dying.left -= 1
+        return counted(a, calls)
+
+    dying.left = 1  # new evaluations of generation 4 before the kill
+    with pytest.raises(KeyboardInterrupt):
+        search.run_search(5, lc, start, dying, 6, st.cache, st.history)
+    resumed = search_state.from_json(search_state.to_json(st), "state")
+    assert resumed.cache == st.cache and len(resumed.history) == 3
+    search.run_search(
+        5, lc, resumed.start, lambda a: counted(a, calls), 6, resumed.cache, resumed.history
+    )
+    assert sorted(calls) == sorted(whole_calls)  # each vector once, across the kill
+    assert resumed.cache == whole_cache
+    strip = lambda h: [  # noqa: E731
+        {k: v for k, v in e.items() if k not in ("seconds", "evaluations")} for e in h
+    ]
+    assert strip(resumed.history) == strip(whole_history)
+    # Generation 4 counts only what it evaluated after the resume.
+    assert resumed.history[3]["evaluations"] == whole_history[3]["evaluations"] - 1
+
+
+def test_search_refuses_a_state_that_does_not_replay():
+    lc = _search_config("evolution", population=6)
     cache, history = {}, []
-    search.run_search(first, _synthetic, 3, cache, history, lc)
-    resumed = pickle.loads(pickle.dumps((first, cache, history)))
-    search.run_search(resumed[0], _synthetic, 6, resumed[1], resumed[2], lc)
-    np.testing.assert_array_equal(resumed[0].ask(), whole.ask())
-    assert [h["generation"] for h in resumed[2]] == [1, 2, 3, 4, 5, 6]
+    search.run_search(5, lc, None, _synthetic, 2, cache, history)
+    history[1]["best_coefficients"] = [0.2] * 5
+    with pytest.raises(ValueError, match="does not replay at generation 2"):
+        search.run_search(5, lc, None, _synthetic, 3, cache, history)
+
+
+def test_search_start_is_the_best_candidate_over_the_search_members():
+    members = tuple((s, ("params",)) for s in (1, 2, 3))
+    other = tuple((s, ("power_ema", 0)) for s in (1, 2, 3))  # as many members, not the same
+    found = [
+        Candidate("snapshot1", "single", members, (1.0, 0.0, 0.0)),
+        Candidate("uniform_last2", "uniform_last_k", members, (0.0, 0.5, 0.5)),
+        Candidate("posthoc_std0.1", "posthoc", other, (0.2, 0.3, 0.5)),
+    ]
+    values = {"snapshot1": 3.0, "uniform_last2": 2.0, "posthoc_std0.1": 1.0}
+    np.testing.assert_array_equal(candidates.search_start(found, values, members), [0.0, 0.5, 0.5])
+    np.testing.assert_allclose(candidates.search_start(found[2:], values, members), [1 / 3] * 3)
+    assert [c.name for c in candidates.best_per_family(found, values)] == [
+        "snapshot1",
+        "uniform_last2",
+        "posthoc_std0.1",
+    ]
+
+
+def test_candidate_keys_name_the_combination():
+    members = tuple((s, ("params",)) for s in (1, 2, 3))
+    one_hot = Candidate("snapshot3", "single", members, np.array([0.0, 0.0, 1.0]))
+    final = Candidate("final_online3", "final", ((3, ["params"]),), [1])
+    assert candidates.key(one_hot) == candidates.key(final)
+    assert candidates.key(one_hot) != candidates.key(
+        Candidate("ema", "final", ((3, ("ema", 0)),), (1.0,))
+    )
+    assert one_hot.coefficients == (0.0, 0.0, 1.0) and final.members == ((3, ("params",)),)
 
 
 def test_evolution_keeps_elites_and_the_sum():
@@ -227,7 +336,7 @@ def run(tmp_path_factory):
     c.model.channel_mult = (1,)
     c.training.power_ema_stds = (0.05, 0.10)
     c.sampling.consistency_levels = ((),)
-    c.lcsc.population = 4
+    c.lcsc.population = 6
     c.lcsc.generations = 2
     c.lcsc.search_samples = 16
     c.lcsc.heldout_samples = 16
@@ -241,7 +350,7 @@ def run(tmp_path_factory):
     def tree():
         return jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(s.dtype), shapes)
 
-    ckpt = Checkpointer(str(workdir), 1, c.to_dict())
+    ckpt = Checkpointer(str(workdir), 1)
     for step in (1, 2, 3):
         ckpt.save_snapshot(step, tree(), (tree(),), (tree(), tree()))
     ckpt.close()
@@ -249,30 +358,40 @@ def run(tmp_path_factory):
 
 
 def _state(workdir):
-    with open(os.path.join(workdir, "lcsc", "state.pkl"), "rb") as f:
-        return pickle.load(f)
+    path = fileio.path(workdir) / "lcsc" / search_state.FILE
+    return search_state.from_json(fileio.read_text(path), str(path))
 
 
 def test_lcsc_mode_outputs_resume_and_merged_checkpoint(run, monkeypatch):
     c, workdir = run
-    # Kill the search at its first new evaluation after generation 1 is saved, then run the
-    # same command again: nothing evaluated before the kill is evaluated again.
-    real_call, real_save, calls, saved = (
+    out_dir = fileio.path(workdir) / "lcsc"
+    # Kill the search at its second new evaluation after generation 1 is saved (in the middle of
+    # generation 2), then run the same command again: nothing evaluated before the kill is
+    # evaluated again.
+    real_call, real_save, real_search = (
         lcsc_run.Fitness.__call__,
-        lcsc_run.SearchState.save,
-        [],
-        [],
+        search_state.save,
+        search.run_search,
     )
+    calls, saved, searches = [], [], []
 
     def dying(self, params, seed, num_samples):
-        if saved and saved[-1] >= 1:
-            raise KeyboardInterrupt
+        if saved and saved[-1][0] >= 1:
+            if dying.left == 0:
+                raise KeyboardInterrupt
+            dying.left -= 1
         calls.append(seed)
         return real_call(self, params, seed, num_samples)
 
-    def recording_save(self, path):
-        real_save(self, path)
-        saved.append(len(self.history))
+    dying.left = 1
+
+    def recording_save(st, path):
+        real_save(st, path)
+        saved.append((len(st.history), len(st.cache)))
+
+    def recording_search(num, lc, start, *args, **kwargs):
+        searches.append((np.asarray(start), real_search(num, lc, start, *args, **kwargs)))
+        return searches[-1][1]
 
     monkeypatch.setattr(lcsc_run.Fitness, "__call__", dying)
     # Count the traces of the network inside the sampler: one for every candidate of the run.
@@ -288,14 +407,18 @@ def test_lcsc_mode_outputs_resume_and_merged_checkpoint(run, monkeypatch):
         return dataclasses.replace(exp, denoise=denoise)
 
     monkeypatch.setattr(experiment, "build", counting_build)
-    monkeypatch.setattr(lcsc_run.SearchState, "save", recording_save)
+    monkeypatch.setattr(search_state, "save", recording_save)
+    monkeypatch.setattr(search, "run_search", recording_search)
     with pytest.raises(KeyboardInterrupt):
         modes.run("lcsc", c, workdir)
     killed = _state(workdir)
     assert [h["generation"] for h in killed.history] == [1]
+    after_generation1 = next(n for g, n in saved if g == 1)
+    assert len(killed.cache) == after_generation1 + 1  # one vector of generation 2 evaluated
     saved.clear()
-    saved.append(0)
+    saved.append((0, 0))
     calls.clear()
+    searches.clear()
     monkeypatch.setattr(
         lcsc_run.Fitness, "__call__", lambda *a: calls.append(a[2]) or real_call(*a)
     )
@@ -304,26 +427,51 @@ def test_lcsc_mode_outputs_resume_and_merged_checkpoint(run, monkeypatch):
     assert len(traces) == 1  # search and held-out candidates share one compiled sampler
     final = _state(workdir)
     assert [h["generation"] for h in final.history] == [1, 2]
-    new_entries = (
-        len(final.cache) + len(final.baselines) - len(killed.cache) - len(killed.baselines)
-    )
+    new_entries = len(final.cache) + len(final.others) - len(killed.cache) - len(killed.others)
     assert calls.count(c.lcsc.search_seed) == new_entries > 0
+    assert set(killed.cache) <= set(final.cache) and killed.start == final.start
 
+    # The start: the best baseline over the search's own members (length K = 3; the post-hoc
+    # EMA, over 6 power-EMA members, is not one of them).
+    written = fileio.read_json(out_dir / "coefficients.json")
+    members = [[s, ["params"]] for s in (1, 2, 3)]
+    on_members = [np.eye(3)[i] for i in range(3)] + [
+        np.asarray(v["coefficients"])
+        for name, v in written["candidates"].items()
+        if v["keys"] == members and v["family"] not in ("lcsc",)
+    ]
+    values = [final.cache[search.cache_key(a, c.lcsc.cache_decimals)] for a in on_members]
+    (start, result), *_ = searches
+    np.testing.assert_array_equal(start, on_members[int(np.argmin(values))])
+    np.testing.assert_array_equal(final.start, start)
+
+    # What production wrote is what run_search returned: "lcsc" is the best vector anywhere in
+    # the cache (baselines included), "lcsc_search" the search's own best.
+    assert result.value == min(final.cache.values())
+    assert result.search_value == min(h["best"] for h in final.history)
+    lcsc_a = np.asarray(written["candidates"]["lcsc"]["coefficients"])
+    np.testing.assert_array_equal(lcsc_a, result.best)
+    np.testing.assert_array_equal(
+        written["candidates"]["lcsc_search"]["coefficients"], result.search_best
+    )
     rows = report["results"]
-    expected = {"lcsc", "final_ema3", "final_online3", "uniform_last2", "ema_rate0.5"}
-    assert expected | {"posthoc_std0.075", "greedy_soup"} <= set(rows)
-    assert calls.count(c.lcsc.heldout_seed) == len(rows)
-    assert rows["lcsc"]["search"] == min(h["best"] for h in final.history)
-    for name in ("heldout.json", "coefficients.json", "generations.json", "fitness.png"):
-        assert os.path.exists(os.path.join(workdir, "lcsc", name))
-    assert os.path.exists(os.path.join(workdir, "lcsc", "coefficients.png"))
-    # The merged checkpoint holds the LCSC combination; --mode=sample and eval restore it.
-    with open(os.path.join(workdir, "lcsc", "coefficients.json")) as f:
-        a = np.array(json.load(f)["candidates"]["lcsc"]["coefficients"])
+    assert rows["lcsc"]["search"] == result.value
+    assert rows["lcsc_search"]["search"] == result.search_value
+    assert fileio.read_json(out_dir / "heldout.json") == report
+
+    expected = {"lcsc", "lcsc_search", "final_ema3", "final_online3", "uniform_last2"}
+    assert expected | {"ema_rate0.5", "posthoc_std0.075", "greedy_soup"} <= set(rows)
+    # One held-out evaluation per distinct combination (lcsc may equal a baseline).
+    assert calls.count(c.lcsc.heldout_seed) == len(final.heldout) <= len(rows)
+    for name in ("heldout.json", "generations.json", "fitness.png", "coefficients.png"):
+        assert fileio.exists(out_dir / name)
+    leftovers = [n for n in fileio.listdir(out_dir) if ".tmp" in n or n.endswith(".pkl")]
+    assert leftovers == []
+    # The merged checkpoint holds the "lcsc" combination; --mode=sample and eval restore it.
     stream = SnapshotStream(workdir, c, experiment.build(c))
-    expected_params = merge.merge_streaming(stream.load, [1, 2, 3], a)
+    expected_params = merge.merge_streaming(stream.load, [1, 2, 3], result.best)
     stream.close()
-    _, params, step = modes.restore_for_sampling(c, os.path.join(workdir, "lcsc", "merged"))
+    _, params, step = modes.restore_for_sampling(c, str(out_dir / "merged"))
     assert step == 3
     jax.tree.map(
         lambda g, e: np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6), params, expected_params
@@ -336,41 +484,22 @@ def test_lcsc_user_errors_are_one_sentence(run, tmp_path):
     bad.lcsc.heldout_seed = bad.lcsc.search_seed
     with pytest.raises(ValueError, match="never saw"):
         modes.run("lcsc", bad, workdir)
+    # Read-only: a workdir without snapshots is refused before anything is created in it.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="snapshot_every") as error:
+        modes.run("lcsc", c, str(empty))
+    assert str(error.value).count(". ") == 0 and list(empty.iterdir()) == []
     with pytest.raises(FileNotFoundError, match="snapshot_every"):
-        modes.run("lcsc", c, str(tmp_path))
+        modes.run("lcsc", c, str(tmp_path / "missing"))
+    assert not (tmp_path / "missing").exists()
     other = c.copy_and_resolve_references()
     other.lcsc.seed = 7
     with pytest.raises(ValueError, match="lcsc.seed"):
         modes.run("lcsc", other, workdir)
-
-
-def test_checkpoints_of_runs_without_power_emas_keep_their_layout(tmp_path):
-    """A run without power EMAs saves and restores the layout checkpoints had before the field
-    existed, so older workdirs still resume; a run with them round-trips them."""
-
-    @flax.struct.dataclass
-    class StateBeforePowerEma:
-        step: jax.Array
-        params: dict
-        opt_state: tuple
-        ema: tuple
-
-    tx = optax.adam(1e-3)
-    for power in (0, 2):
-        train_state = state_lib.create({"w": jnp.arange(3.0)}, tx, 1, power)
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), train_state)
-        old = StateBeforePowerEma(
-            *(getattr(train_state, f) for f in ("step", "params", "opt_state", "ema"))
-        )
-        for writer in ("checkpointer", "before") if power == 0 else ("checkpointer",):
-            workdir = str(tmp_path / f"{writer}{power}")
-            ckpt = Checkpointer(workdir, 1, {})
-            if writer == "checkpointer":
-                ckpt.save(3, train_state)
-            else:
-                ckpt._state.save(3, args=ocp.args.StandardSave(old))
-            ckpt.wait()
-            restored = ckpt.restore(abstract)
-            ckpt.close()
-            assert len(restored.power_ema) == power
-            jax.tree.map(np.testing.assert_array_equal, restored, train_state)
+    # A pickle state of an older version is never loaded.
+    legacy = c.copy_and_resolve_references()
+    legacy.lcsc.name = "legacy"
+    fileio.write_bytes_atomic(fileio.path(workdir) / "legacy" / "state.pkl", b"not read")
+    with pytest.raises(ValueError, match="pickle state is no longer read"):
+        modes.run("lcsc", legacy, workdir)

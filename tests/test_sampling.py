@@ -74,27 +74,31 @@ def test_heun_churn_adds_noise_only_inside_range():
 
 
 def test_consistency_multistep_noise_levels():
-    """x = f(smax z); then f(x + sqrt(t^2 - smin^2) z', t) at each level."""
+    """x = f(smax z); then f(x + sqrt(t^2 - smin^2) z', t) at each level, checked exactly.
+
+    The noise is replayed from the sampler's keys (split(rng, levels + 1)), so the inputs are
+    compared elementwise: using t instead of sqrt(t^2 - smin^2) scales the second input by
+    0.821 / sqrt(0.821^2 - 0.002^2) = 1 + 3.0e-6, three times the tolerance.
+    """
     seen = []
 
     def denoise(params, x, sigma, labels):
-        seen.append((float(sigma[0]), float(jnp.std(x))))
+        seen.append((float(sigma[0]), np.asarray(x, np.float64)))
         return jnp.zeros_like(x)
 
+    rng, shape, t, smin = jax.random.key(3), (8192, 1, 1, 1), 0.821, 0.002
     sampling.consistency_sample(
-        denoise,
-        {},
-        jax.random.key(3),
-        None,
-        (8192, 1, 1, 1),
-        sigma_min=0.002,
-        sigma_max=80.0,
-        levels=(0.821,),
+        denoise, {}, rng, None, shape, sigma_min=smin, sigma_max=80.0, levels=(t,)
     )
-    (s1, std1), (s2, std2) = seen
-    assert s1 == 80.0 and abs(s2 - 0.821) < 1e-6
-    np.testing.assert_allclose(std1, 80.0, rtol=0.03)
-    np.testing.assert_allclose(std2, math.sqrt(0.821**2 - 0.002**2), rtol=0.03)
+    (s1, x1), (s2, x2) = seen
+    assert s1 == 80.0 and abs(s2 - t) < 1e-6
+    k0, k1 = jax.random.split(rng, 2)
+    z0 = np.asarray(jax.random.normal(k0, shape), np.float64)
+    z1 = np.asarray(jax.random.normal(k1, shape), np.float64)
+    np.testing.assert_allclose(x1, 80.0 * z0, rtol=1e-6)
+    # f returned 0, so the second input is the fresh noise alone, at sqrt(t^2 - smin^2).
+    np.testing.assert_allclose(x2, math.sqrt(t**2 - smin**2) * z1, rtol=1e-6)
+    assert np.max(np.abs(x2 - t * z1) / np.abs(t * z1)) > 2e-6  # t itself would fail
 
 
 def test_parallel_sampler_ordered_labels_and_shape():

@@ -30,6 +30,19 @@ def test_cauchy_is_log1p_of_mean_square_over_2c2():
     assert losses.get_distance("cauchy") is losses.cauchy
 
 
+def test_pseudo_huber_lct_is_on_the_mean_over_elements():
+    # sqrt(mean((a - b)^2) + c^2) - c, as the sLCT authors' code runs iLCT. Sample 0: diffs
+    # (3, 4, 0, 0) -> mean of squares 25 / 4 = 6.25, c = 2: sqrt(6.25 + 4) - 2 = 1.2015621.
+    # Sample 1: diffs all 1 -> mean 1: sqrt(1 + 4) - 2 = 0.2360680.
+    a = np.array([[3.0, 4.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]], np.float32).reshape(2, 2, 2, 1)
+    b = np.zeros_like(a)
+    want = [math.sqrt(10.25) - 2.0, math.sqrt(5.0) - 2.0]
+    np.testing.assert_allclose(losses.pseudo_huber_lct(a, b, 2.0), want, rtol=1e-6)
+    # iCT's form sums instead: sqrt(25 + 4) - 2 for sample 0, a different number.
+    assert abs(float(losses.pseudo_huber(a, b, 2.0)[0]) - want[0]) > 1.0
+    assert losses.get_distance("pseudo_huber_lct") is losses.pseudo_huber_lct
+
+
 @pytest.mark.parametrize(
     "n, c",
     [(11, 0.03456), (21, 0.013635), (41, 0.006144), (81, 0.002769), (161, 0.001248)]
@@ -207,30 +220,63 @@ def test_ot_permutation_is_optimal_against_brute_force(b, seed):
     assert cost(perm) <= cost(range(b)) + 1e-9
 
 
-def test_couple_batch_is_per_shard_and_a_function_of_seed_step_shard():
+def test_couple_batch_is_per_group_and_a_function_of_seed_step_group():
     x = np.random.default_rng(0).uniform(-1, 1, (12, 2, 2, 1)).astype(np.float32)
-    noise = coupling.couple_batch(x, step=7, seed=0, shard_size=4, first_shard=2)
+    noise = coupling.couple_batch(x, step=7, seed=0, group_size=4, first_group=2)
     assert noise.shape == x.shape and noise.dtype == np.float32
     for k in range(3):
         rows = slice(4 * k, 4 * k + 4)
-        z = coupling.shard_noise(0, 7, 2 + k, (4, 2, 2, 1))
-        # Each shard's noise is its own draw, permuted to the optimal pairing with its rows.
+        z = coupling.group_noise(0, 7, 2 + k, (4, 2, 2, 1))
+        # Each group's noise is its own draw, permuted to the optimal pairing with its rows.
         np.testing.assert_array_equal(noise[rows], z[coupling.ot_permutation(x[rows], z)])
     again = coupling.couple_batch(x, 7, 0, 4, 2)
     np.testing.assert_array_equal(noise, again)
     assert not np.array_equal(noise, coupling.couple_batch(x, 8, 0, 4, 2))
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match="ot_group_size=5 does not divide the 12 rows"):
         coupling.couple_batch(x, 7, 0, 5, 0)
+
+
+def test_groups_must_tile_each_process_rows():
+    assert coupling.check_groups(256, 128) == 2
+    assert coupling.check_groups(256, 64, process_count=2) == 2
+    with pytest.raises(ValueError, match=r"ot_group_size=128 .* 64 rows .* 4 process"):
+        coupling.check_groups(256, 128, process_count=4)  # a group would span two processes
+    c = tiny_config(method__ot_coupling=True)  # batch 8 < the default group of 128
+    with pytest.raises(ValueError, match="--config.method.ot_group_size"):
+        objectives.make_objective(c, _toy_denoise([]))
+
+
+def test_coupled_noise_is_the_same_on_1_or_4_devices_and_any_process_split():
+    # Groups of 4 rows over a batch of 8: on 4 devices a group spans 2 device shards, on 1
+    # device the device holds both groups; the noise must not notice.
+    c = tiny_config(method__ot_coupling=True, method__ot_group_size=4)
+    x = np.random.default_rng(3).uniform(-1, 1, (8, 8, 8, 1)).astype(np.float32)
+
+    def noise(num_devices, process_index=0, process_count=1):
+        rows = slice(process_index * 8 // process_count, (process_index + 1) * 8 // process_count)
+        it = coupling.wrap_if_enabled(
+            iter([{"image": x[rows]}]), c, num_devices, 5, process_index, process_count
+        )
+        out = next(it)["noise"]
+        it.close()
+        return out
+
+    one = noise(1)
+    np.testing.assert_array_equal(one, noise(4))
+    halves = np.concatenate([noise(4, 0, 2), noise(4, 1, 2)])  # 2 processes of 2 devices
+    np.testing.assert_array_equal(one, halves)
+    z = coupling.group_noise(c.seed, 5, 1, (4, 8, 8, 1))  # the second group, at step 5
+    np.testing.assert_array_equal(one[4:], z[coupling.ot_permutation(x[4:], z)])
 
 
 def test_coupled_batches_resume_mid_stream_with_the_same_noise():
     def stream(start):
         return iter({"image": np.full((4, 2, 2, 1), k, np.float32)} for k in range(start, 10))
 
-    full = coupling.CoupledBatches(stream(0), 0, seed=1, shard_size=2, first_shard=0, threads=2)
+    full = coupling.CoupledBatches(stream(0), 0, seed=1, group_size=2, first_group=0, threads=2)
     first = [next(full) for _ in range(5)]
     full.close()
-    resumed = coupling.CoupledBatches(stream(3), 3, seed=1, shard_size=2, first_shard=0)
+    resumed = coupling.CoupledBatches(stream(3), 3, seed=1, group_size=2, first_group=0)
     np.testing.assert_array_equal(next(resumed)["noise"], first[3]["noise"])
     resumed.close()
 
@@ -238,7 +284,7 @@ def test_coupled_batches_resume_mid_stream_with_the_same_noise():
 # ---------------------------------------------------------------- training loop and configs
 
 
-def test_train_step_on_4_devices_takes_the_per_shard_coupled_noise():
+def test_ot_train_step_gives_the_same_numbers_on_1_and_4_devices():
     from cm import experiment, state, train
 
     c = tiny_config(
@@ -246,42 +292,48 @@ def test_train_step_on_4_devices_takes_the_per_shard_coupled_noise():
         method__adaptive_c=True,
         method__diffusion_weight=5.0,
         method__ot_coupling=True,
+        method__ot_group_size=4,  # 2 groups; on 4 devices each spans 2 shards of 2 rows
         method__s1=640,
     )
-    mesh = experiment.make_mesh()
-    assert mesh.size == 4 and c.training.batch_size == 8  # shards of 2 rows
+    assert c.training.batch_size == 8 and len(jax.devices()) == 4
     denoise = _toy_denoise([])
-    exp = experiment.Experiment(
-        model=None,
-        denoise=denoise,
-        loss_fn=objectives.make_objective(c, denoise),
-        tx=state.make_optimizer(c.optim),
-        mesh=mesh,
-    )
     rng = np.random.default_rng(0)
     local = {
         "image": rng.uniform(-1, 1, (8, 8, 8, 1)).astype(np.float32),
         "label": np.arange(8, dtype=np.int32),
     }
-    plain = iter([local] * 2)
+    plain = iter([local])
     assert coupling.wrap_if_enabled(plain, tiny_config(), 4, 0) is plain  # OT off: untouched
-    batches = coupling.wrap_if_enabled(plain, c, mesh.size, start_step=0)
-    batch = next(batches)
-    batches.close()
-    for k in range(4):  # each device's 2 rows are coupled with that shard's own noise
-        rows = batch["image"][2 * k : 2 * k + 2]
-        z = coupling.shard_noise(c.seed, 0, k, rows.shape)
-        np.testing.assert_array_equal(
-            batch["noise"][2 * k : 2 * k + 2], z[coupling.ot_permutation(rows, z)]
-        )
 
-    params = {"w": jnp.float32(0.3)}
-    want, _ = exp.loss_fn(params, batch, jax.random.fold_in(jax.random.key(c.seed), 0), 0)
-    start = jax.device_put(state.create(params, exp.tx, 1), exp.replicated)  # donated below
-    step_fn = train.make_train_step(exp, (0.999,), c.seed)
-    new, metrics = step_fn(start, train.global_batch(batch, exp))
-    np.testing.assert_allclose(float(metrics["loss"]), float(want), rtol=1e-5)
-    assert int(new.step) == 1 and float(new.params["w"]) != 0.3
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        exp = experiment.Experiment(
+            model=None,
+            denoise=denoise,
+            loss_fn=objectives.make_objective(c, denoise),
+            tx=state.make_optimizer(c.optim),
+            mesh=experiment.make_mesh(devices),
+        )
+        batches = coupling.wrap_if_enabled(iter([local]), c, exp.mesh.size, start_step=0)
+        batch = next(batches)
+        batches.close()
+        for k in range(2):  # each group of 4 rows is coupled with that group's own noise
+            rows = batch["image"][4 * k : 4 * k + 4]
+            z = coupling.group_noise(c.seed, 0, k, rows.shape)
+            np.testing.assert_array_equal(
+                batch["noise"][4 * k : 4 * k + 4], z[coupling.ot_permutation(rows, z)]
+            )
+        params = {"w": jnp.float32(0.3)}
+        want, _ = exp.loss_fn(params, batch, jax.random.fold_in(jax.random.key(c.seed), 0), 0)
+        start = jax.device_put(state.create(params, exp.tx, 1), exp.replicated)  # donated
+        step_fn = train.make_train_step(exp, (0.999,), c.seed)
+        new, metrics = step_fn(start, train.global_batch(batch, exp))
+        np.testing.assert_allclose(float(metrics["loss"]), float(want), rtol=1e-5)
+        assert int(new.step) == 1 and float(new.params["w"]) != 0.3
+        results.append((batch["noise"], float(metrics["loss"]), float(new.params["w"])))
+    (noise1, loss1, w1), (noise4, loss4, w4) = results
+    np.testing.assert_array_equal(noise1, noise4)
+    np.testing.assert_allclose([loss4, w4], [loss1, w1], rtol=1e-6)
 
 
 def test_celebahq256_slct_config_is_the_paper_recipe_and_ilct_the_baseline():
@@ -297,7 +349,12 @@ def test_celebahq256_slct_config_is_the_paper_recipe_and_ilct_the_baseline():
     )
     assert (m.s0, m.s1, m.diffusion_quantile, c.model.norm) == (10, 640, 0.25, "nsln")
     assert (c.optim.name, c.optim.learning_rate, c.optim.weight_decay) == ("radam", 1e-4, 1e-4)
-    assert tuple(c.training.ema_rates) == (0.99993,)
+    # Where paper and code differ, the authors' code: RAdam eps 1e-4, evaluation EMA 0.9999
+    # first (sampling uses ema[0]) with the paper's 0.99993 beside it, sd-vae-ft-ema, OT
+    # groups of 128.
+    assert c.optim.eps == 1e-4 and m.ot_group_size == 128
+    assert tuple(c.training.ema_rates) == (0.9999, 0.99993) and c.sampling.params == "ema"
+    assert "/sd-vae-ft-ema/" in c.vae.weights_path
     assert (c.data.name, c.data.image_size, c.data.channels, c.model.name) == (
         "latents",
         32,
@@ -309,8 +366,8 @@ def test_celebahq256_slct_config_is_the_paper_recipe_and_ilct_the_baseline():
     b = celebahq256_slct.get_config("ilct")
     mb = b.method
     assert (mb.distance, mb.adaptive_c, mb.diffusion_weight, mb.ot_coupling) == (
-        "pseudo_huber", False, 0.0, False
+        "pseudo_huber_lct", False, 0.0, False
     )  # fmt: skip
     assert (mb.s1, b.model.norm) == (1280, "group")
-    with pytest.raises(ValueError, match="argument"):
+    with pytest.raises(ValueError, match="no variant 'slcd'.*celebahq256_slct.py:ilct"):
         celebahq256_slct.get_config("slcd")

@@ -10,7 +10,6 @@ is the floor a perfect model would reach with that many samples.
 
 import dataclasses
 import hashlib
-import os
 
 import flax.linen as nn
 import jax
@@ -20,7 +19,7 @@ import optax
 from absl import logging
 from flax import traverse_util
 
-from cm import data
+from cm import data, fileio
 from cm.evaluation import metrics
 
 
@@ -113,24 +112,20 @@ def train_classifier(spec: ClassifierSpec, images, labels):
 
 
 def cache_path(path: str, spec: ClassifierSpec) -> str:
-    default = os.path.join("~", ".cache", "cm", f"digits_classifier_{spec.digest()}.npz")
-    return os.path.expanduser(path or default)
+    """eval.digits_classifier_path, or ~/.cache/cm/digits_classifier_<spec digest>.npz."""
+    return str(fileio.path(path or f"~/.cache/cm/digits_classifier_{spec.digest()}.npz"))
 
 
 def load_or_train(data_config, path: str = "", spec: ClassifierSpec = ClassifierSpec()):
     """The classifier's parameters: from the cache file, else trained on the train split and
     cached (written atomically; a cache that cannot be written is skipped)."""
     path = cache_path(path, spec)
-    if os.path.exists(path):
-        with np.load(path) as f:
-            return traverse_util.unflatten_dict({k: f[k] for k in f.files}, sep="/")
+    if fileio.exists(path):
+        return traverse_util.unflatten_dict(fileio.load_npz(path), sep="/")
     params = jax.device_get(train_classifier(spec, *_split(data_config, "train")))
     flat = traverse_util.flatten_dict(params, sep="/")
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, **flat)
-        os.replace(tmp, path)
+        fileio.save_npz_atomic(path, **flat)
         logging.info("Cached the digits classifier in %s.", path)
     except OSError as e:
         logging.warning("Could not cache the digits classifier in %s: %s", path, e)

@@ -10,18 +10,17 @@ the real weights would reject and random-init comparisons catch).
 Module names equal the keys of pytorch-fid's state dict (`Mixed_6b.branch7x7dbl_5.conv.weight`
 is params['Mixed_6b']['branch7x7dbl_5']['conv']['kernel']), so loading is a renaming.
 Images are NHWC. The network is convolutional up to the global pool; inputs must be at least
-75x75 (299x299 in the FID protocol).
+75x75 (299x299 in the FID protocol). Every convolution and matmul runs at full float32
+precision (HIGHEST) whatever the device default (TF32 or bfloat16 passes on GPUs and TPUs
+would move the features, and FID with them, away from the float32 reference).
 """
-
-import io
-import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from etils import epath
 
+from cm import fileio
 from cm.evaluation import torch_pickle
 
 INPUT_SIZE = 299  # the FID protocol's input resolution
@@ -29,6 +28,7 @@ MIN_INPUT_SIZE = 75  # smaller inputs vanish before the global pool
 NUM_CLASSES = 1008  # the 2015-12-05 graph's classifier width
 FEATURE_DIM = 2048  # pool3 features
 BN_EPS = 1e-3
+PRECISION = jax.lax.Precision.HIGHEST  # of every conv and matmul: float32 on any device
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_FILE
@@ -52,6 +52,7 @@ class ConvBN(nn.Module):
             self.strides,
             padding=((ph, ph), (pw, pw)),
             use_bias=False,
+            precision=PRECISION,
             name="conv",
         )(x)
         x = nn.BatchNorm(use_running_average=True, epsilon=BN_EPS, name="bn")(x)
@@ -166,7 +167,7 @@ class Classifier(nn.Module):
     def __call__(self, pool):  # [B, 2048] -> ([B, 1008], [B, 1008])
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (FEATURE_DIM, NUM_CLASSES))
         bias = self.param("bias", nn.initializers.zeros, (NUM_CLASSES,))
-        unbiased = pool @ kernel
+        unbiased = jnp.matmul(pool, kernel, precision=PRECISION)  # [B, 1008]
         return unbiased + bias, unbiased
 
 
@@ -252,14 +253,10 @@ def load_variables(path: str):
 
     The .pth is read by our own unpickler (torch_pickle), so torch is not needed at run time.
     """
-    local = os.path.expanduser(path)
-    file = epath.Path(local)
-    if not path or not file.exists():
+    if not path or not fileio.is_file(path):
         raise FileNotFoundError(missing_weights_message(path))
-    data = file.read_bytes()
-    if local.endswith(".npz"):
-        with np.load(io.BytesIO(data)) as f:
-            state_dict = {k: f[k] for k in f.files}
+    if path.endswith(".npz"):
+        state_dict = fileio.load_npz(path)
     else:
-        state_dict = torch_pickle.read_state_dict(data)
+        state_dict = torch_pickle.read_state_dict(fileio.read_bytes(path))
     return variables_from_state_dict(state_dict, source=path)

@@ -6,15 +6,11 @@ data it describes) and 'features' float32 [M, 2048]: M = eval.pr_samples trainin
 drawn at random with fixed seed, the real manifold for precision / recall.
 """
 
-import io
-import os
-
 import jax
 import numpy as np
 from absl import logging
-from etils import epath
 
-from cm import data, latent_data
+from cm import data, fileio, latent_data
 from cm.evaluation import features as features_lib
 from cm.evaluation import metrics
 
@@ -24,15 +20,16 @@ _SUBSET_SEED = 0x5EED  # which training images form the precision / recall featu
 def data_id(data_config) -> str:
     """A name for the images a data config reads: source, dataset, split and size."""
     d = data_config
-    dataset = d.tfds_name or os.path.basename(d.path.rstrip("/")) or d.name
+    dataset = d.tfds_name or (d.path and fileio.path(d.path).name) or d.name
     return f"{d.name}-{dataset}-{d.split}-{d.image_size}px".replace("/", "_")
 
 
 def stats_path(config, workdir: str) -> str:
     """eval.stats_path, or <workdir>/fid_stats/<data id>.npz."""
     if config.eval.stats_path:
-        return os.path.expanduser(config.eval.stats_path)
-    return os.path.join(workdir, "fid_stats", data_id(latent_data.image_data(config)) + ".npz")
+        return str(fileio.path(config.eval.stats_path))
+    name = data_id(latent_data.image_data(config)) + ".npz"
+    return str(fileio.path(workdir) / "fid_stats" / name)
 
 
 def accumulate(batches, num_images: int, subset_size: int) -> dict:
@@ -70,25 +67,16 @@ def compute(config, extractor: features_lib.ParallelExtractor) -> dict:
 
 
 def save(path: str, stats: dict) -> None:
-    """Writes the statistics (process 0 only; local paths and gs:// alike)."""
-    if jax.process_index() != 0:
-        return
-    buffer = io.BytesIO()
-    np.savez(buffer, **stats)
-    file = epath.Path(path)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.parent / (file.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(file)  # atomic where the file system allows, overwriting
+    """Writes the statistics atomically (process 0 only; local paths and gs:// alike)."""
+    if jax.process_index() == 0:
+        fileio.save_npz_atomic(path, **stats)
 
 
 def load(path: str, expected_data_id: str | None = None) -> dict:
     """{'mu', 'sigma', and where present 'count', 'features', 'data_id'} from an .npz file."""
-    file = epath.Path(path)
-    if not file.exists():
+    if not fileio.exists(path):
         raise FileNotFoundError(f"No reference statistics at {path}.")
-    with np.load(io.BytesIO(file.read_bytes())) as f:
-        stats = {k: f[k] for k in f.files}
+    stats = fileio.load_npz(path)
     if "mu" not in stats or "sigma" not in stats:
         raise ValueError(f"{path} has no 'mu' and 'sigma': not a FID statistics file.")
     found = str(stats.get("data_id", ""))
@@ -103,7 +91,7 @@ def load(path: str, expected_data_id: str | None = None) -> dict:
 def load_or_compute(config, workdir: str, extractor) -> dict:
     """The reference statistics file of the config's data, computed and written if missing."""
     path = stats_path(config, workdir)
-    if epath.Path(path).exists():
+    if fileio.exists(path):
         return load(path, data_id(latent_data.image_data(config)))
     logging.info("No reference statistics at %s; computing them.", path)
     stats = compute(config, extractor)

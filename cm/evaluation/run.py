@@ -7,13 +7,12 @@ and a sample grid per sampler to <workdir>/eval/<sampler>_step<k>.png.
 """
 
 import json
-import os
 
 import jax
 import numpy as np
 from clu import metric_writers
 
-from cm import experiment, images, latent_data, sampling
+from cm import experiment, fileio, images, latent_data, sampling
 from cm.evaluation import evaluator as evaluator_lib
 from cm.evaluation import inception_metric, reference_stats
 
@@ -41,14 +40,12 @@ def evaluate(config, workdir: str, exp, params, step: int) -> dict:
     scores, grids = sample_and_score(config, experiment.samplers(config, exp), params, evaluator, n)
     results.update(scores)
     if jax.process_index() == 0:
-        out_dir = os.path.join(workdir, "eval")
-        os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, f"metrics_step{step:08d}.json")
-        with open(path, "w") as f:
-            json.dump(results, f, indent=2, sort_keys=True)
+        out_dir = fileio.path(workdir) / "eval"
+        path = out_dir / f"metrics_step{step:08d}.json"
+        fileio.write_text_atomic(path, json.dumps(results, indent=2, sort_keys=True))
         upscale = images.display_upscale(latent_data.image_data(config).image_size)
         for name, grid in grids.items():
-            images.save_png(os.path.join(out_dir, f"{name}_step{step:08d}.png"), grid, upscale)
+            images.save_png(out_dir / f"{name}_step{step:08d}.png", grid, upscale)
         print(format_results(results))
         print(f"Wrote {path}")
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)

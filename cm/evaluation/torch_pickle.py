@@ -8,8 +8,10 @@ torch.save writes one of two layouts, and the FID Inception file may be either:
           the raw bytes.
 In both the object pickle names its storages by persistent id ('storage', storage class, key,
 location, numel) and rebuilds tensors with torch._utils._rebuild_tensor_v2(storage, offset,
-size, stride, ...). The unpickler below resolves only those names (and OrderedDict), so
-reading a file cannot run arbitrary code, and torch stays a test-only dependency.
+size, stride, ...). The unpickler below resolves only those names (and OrderedDict), and the
+legacy header pickles are read by one that resolves no name at all, so reading a file cannot
+run arbitrary code, and torch stays a test-only dependency. The caller reads the file's bytes
+(through cm/fileio.py, so any path works); nothing here touches the file system.
 """
 
 import collections
@@ -106,9 +108,18 @@ def _read_zip(data: bytes) -> dict:
             return _Unpickler(f, load_storage).load()
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """For the legacy header pickles, which hold only ints, strings, lists and dicts."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(
+            f"{module}.{name} in the header of a legacy torch.save file; refusing to load it."
+        )
+
+
 def _read_legacy(data: bytes) -> dict:
     f = io.BytesIO(data)
-    plain = pickle.Unpickler  # the header pickles hold only ints and dicts
+    plain = _PlainUnpickler
     if plain(f).load() != _LEGACY_MAGIC:
         raise ValueError("not a torch.save file (neither zip nor legacy magic number).")
     plain(f).load()  # protocol version

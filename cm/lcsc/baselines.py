@@ -1,43 +1,59 @@
-"""The baselines LCSC is compared with, as coefficient vectors over snapshot members.
+"""The baselines LCSC is compared with, as candidates (candidates.py) over snapshot members.
 
-A candidate is (keys, coefficients): keys are (step, member) pairs of the snapshot stream
-(snapshots.py), coefficients sum to 1. Uniform-last-k and EMA-at-a-rate vectors live on the
-search's own members; EDM2's post-hoc EMA combines the tracked power-EMA members.
+Each snapshot alone, uniform-last-k and EMA-at-a-rate live on the search's own members; EDM2's
+post-hoc EMA combines the tracked power-EMA members; the final EMA / online parameters are the
+last snapshot's members; greedy soup needs fitness values and returns a vector.
 """
 
 import numpy as np
 
 from cm import power_ema
 from cm.lcsc import coefficients
+from cm.lcsc.candidates import FINAL, SINGLE, Candidate
 
 
-def on_stream(lc, steps) -> dict:
-    """{name: (family, coefficients [K])} over the search's members at `steps`."""
+def on_search_members(lc, members: tuple) -> list[Candidate]:
+    """Each snapshot alone, uniform last k, EMA at each rate, over the search's members."""
+    steps = [step for step, _ in members]
     num = len(steps)
-    out = {
-        f"uniform_last{k}": ("uniform_last_k", coefficients.uniform_last(num, k))
-        for k in lc.uniform_last_k
-    }
+    out = [Candidate(f"snapshot{s}", SINGLE, members, np.eye(num)[i]) for i, s in enumerate(steps)]
+    for k in lc.uniform_last_k:
+        out.append(
+            Candidate(
+                f"uniform_last{k}", "uniform_last_k", members, coefficients.uniform_last(num, k)
+            )
+        )
     for rate in lc.ema_rates:
-        out[f"ema_rate{rate:g}"] = ("ema_rate", coefficients.ema_from_snapshots(steps, rate))
+        a = coefficients.ema_from_snapshots(steps, rate)
+        out.append(Candidate(f"ema_rate{rate:g}", "ema_rate", members, a))
     return out
 
 
-def posthoc(steps, tracked_stds, target_stds) -> dict:
-    """{name: (keys, coefficients)}: EDM2 post-hoc reconstructions at the last step, one per
-    target sigma_rel, from every tracked power-EMA member at every step."""
+def posthoc(steps, tracked_stds, target_stds) -> list[Candidate]:
+    """EDM2 post-hoc reconstructions at the last step, one per target sigma_rel, from every
+    tracked power-EMA member at every step ([] when the run tracked none)."""
     if not tracked_stds:
-        return {}
-    keys = [(s, ("power_ema", j)) for s in steps for j in range(len(tracked_stds))]
-    in_t = [k[0] for k in keys]
-    gammas = [power_ema.std_to_gamma(tracked_stds[k[1][1]]) for k in keys]
-    return {
-        f"posthoc_std{std:g}": (
-            keys,
+        return []
+    members = tuple((s, ("power_ema", j)) for s in steps for j in range(len(tracked_stds)))
+    in_t = [step for step, _ in members]
+    gammas = [power_ema.std_to_gamma(tracked_stds[m[1]]) for _, m in members]
+    return [
+        Candidate(
+            f"posthoc_std{std:g}",
+            "posthoc",
+            members,
             power_ema.posthoc_coefficients(in_t, gammas, steps[-1], power_ema.std_to_gamma(std)),
         )
         for std in target_stds
-    }
+    ]
+
+
+def finals(last: int, num_ema: int) -> list[Candidate]:
+    """The last snapshot's online parameters and (when tracked) first EMA, alone."""
+    out = [Candidate(f"final_online{last}", FINAL, ((last, ("params",)),), (1.0,))]
+    if num_ema:
+        out.append(Candidate(f"final_ema{last}", FINAL, ((last, ("ema", 0)),), (1.0,)))
+    return out
 
 
 def greedy_soup(evaluate, individual) -> np.ndarray:

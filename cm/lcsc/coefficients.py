@@ -1,6 +1,6 @@
 """Coefficient vectors over K snapshots at steps s_1 < ... < s_K (index K-1 = newest).
 
-Every vector sums to 1 (PAPERS.md section 4: theta = sum_i a_i theta_i, sum a_i = 1, signs
+Every vector sums to 1 (docs/methods.md section 4: theta = sum_i a_i theta_i, sum a_i = 1, signs
 free). EMA is the special case a_i proportional to beta^(K - i) at the snapshot spacing.
 """
 

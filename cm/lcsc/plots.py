@@ -1,4 +1,7 @@
-"""Small PNG charts drawn with pillow (no plotting library needed)."""
+"""Small PNG charts drawn with pillow (no plotting library needed), returned as PNG bytes so
+that the caller writes them through cm/fileio.py (atomically, on any path)."""
+
+import io
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -28,14 +31,20 @@ def _frame(title: str, x_range, y_range, x_label: str):
     return image, draw, to_pixel
 
 
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _padded_range(values):
     lo, hi = float(np.min(values)), float(np.max(values))
     pad = 0.05 * (hi - lo) if hi > lo else 0.5
     return lo - pad, hi + pad
 
 
-def line_plot(path: str, x, series: dict, title: str, x_label: str):
-    """One line per entry of series {name: y [N]} against x [N], with a legend."""
+def line_plot(x, series: dict, title: str, x_label: str) -> bytes:
+    """PNG: one line per entry of series {name: y [N]} against x [N], with a legend."""
     x = np.asarray(x, np.float64)
     ys = [np.asarray(y, np.float64) for y in series.values()]
     image, draw, to_pixel = _frame(
@@ -49,11 +58,11 @@ def line_plot(path: str, x, series: dict, title: str, x_label: str):
         for px, py in points:
             draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=color)
         draw.text((WIDTH - 200, 40 + 14 * i), name, fill=color)
-    image.save(path)
+    return _png(image)
 
 
-def bar_plot(path: str, x, series: dict, title: str, x_label: str):
-    """Grouped bars of series {name: values [N]} at positions x [N], with a zero line."""
+def bar_plot(x, series: dict, title: str, x_label: str) -> bytes:
+    """PNG: grouped bars of series {name: values [N]} at positions x [N], with a zero line."""
     x = np.asarray(x, np.float64)
     ys = [np.asarray(y, np.float64) for y in series.values()]
     y_range = _padded_range(np.concatenate([*ys, [0.0]]))
@@ -69,4 +78,4 @@ def bar_plot(path: str, x, series: dict, title: str, x_label: str):
             (p0x, p0y), (p1x, p1y) = to_pixel(x0, 0.0), to_pixel(x0 + width, yi)
             draw.rectangle([p0x, min(p0y, p1y), p1x, max(p0y, p1y)], fill=color)
         draw.text((WIDTH - 200, 40 + 14 * i), name, fill=color)
-    image.save(path)
+    return _png(image)

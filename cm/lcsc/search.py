@@ -1,7 +1,8 @@
 """Gradient-free search over coefficient vectors a [K] with sum a = 1 (lower fitness = better).
 
-Two optimizers with one ask/tell interface and a picklable state, so that a killed search
-resumes from its last finished generation:
+Two deterministic optimizers with one ask/tell interface (the same settings and fitness values
+give the same populations), so a killed search resumes without storing the optimizer: `run_search`
+rebuilds it by replaying the finished generations from the fitness cache, evaluating nothing.
 
 - `Evolution`: the first population holds EMA-shaped vectors (lcsc.init_betas), the uniform
   average and random vectors (Dirichlet(1)); each generation keeps the `elite` best unchanged
@@ -12,9 +13,12 @@ resumes from its last finished generation:
 - `CMAES`: the `cma` package's CMA-ES on the K - 1 dimensional plane sum a = 1 (an orthonormal
   basis of the sum-zero directions around a start vector), initial step `cma_sigma`.
 
-`run_search` evaluates each generation through a fitness cache keyed by the rounded vector.
+`run_search` evaluates each generation through a fitness cache keyed by the rounded vector and
+returns both the search's own best vector and the best one in the whole cache (which also holds
+the baselines on the search's members).
 """
 
+import dataclasses
 import math
 import time
 import warnings
@@ -90,7 +94,7 @@ class CMAES:
         options = {"popsize": lc.population, "seed": lc.seed + 1, "verbose": -9}
         self.es = cma.CMAEvolutionStrategy(np.zeros(num - 1), lc.cma_sigma, options)
         # cma draws from numpy's global generator (seeded above): its state is kept here, so
-        # that a pickled optimizer resumes with exactly the draws an uninterrupted run makes.
+        # that the draws do not depend on what else used that generator in between.
         self._numpy_state = np.random.get_state()
         self.generation = 0
         self._z = None
@@ -124,26 +128,68 @@ def make_optimizer(num: int, lc, start=None):
 
 
 def cache_key(a, decimals: int) -> tuple:
+    """The rounded vector: the cache key, and the vector the fitness is evaluated at."""
     return tuple(np.round(np.asarray(a, np.float64), decimals).tolist())
 
 
-def run_search(optimizer, fitness, generations: int, cache: dict, history: list, lc, save=None):
-    """Runs generations until optimizer.generation == generations.
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What a search found. best / value: the best vector anywhere in the cache, baselines on the
+    search's members included; search_best / search_value: the best vector the search's own
+    generations evaluated (None before the first generation). Vectors [K] are the rounded
+    ones the fitness was evaluated at."""
 
-    fitness(a [K]) -> float; cache {key: value} and history (one dict per generation) are
-    updated in place; save() is called after every finished generation (for resume).
-    Returns (best vector, best fitness) over everything evaluated.
-    """
-    while optimizer.generation < generations:
-        start = time.time()
+    best: np.ndarray | None
+    value: float | None
+    search_best: np.ndarray | None
+    search_value: float | None
+
+
+def result(cache: dict, history: list) -> Result:
+    best = min(cache, key=cache.get) if cache else None
+    found = min(history, key=lambda h: h["best"]) if history else None
+    return Result(
+        best=None if best is None else np.asarray(best),
+        value=None if best is None else cache[best],
+        search_best=None if found is None else np.asarray(found["best_coefficients"]),
+        search_value=None if found is None else found["best"],
+    )
+
+
+def _replay(optimizer, cache: dict, history: list, lc):
+    """Brings a fresh optimizer to len(history) finished generations with cached values only."""
+    for entry in history:
         population = optimizer.ask()
-        values, fresh = [], 0
-        for a in population:
-            key = cache_key(a, lc.cache_decimals)
+        keys = [cache_key(a, lc.cache_decimals) for a in population]
+        values = [cache.get(k) for k in keys]
+        if None in values or list(keys[int(np.argmin(values))]) != entry["best_coefficients"]:
+            raise ValueError(
+                f"The saved search does not replay at generation {entry['generation']} (saved by "
+                "another version of the search); start it afresh under another --config.lcsc.name."
+            )
+        optimizer.tell(population, values)
+
+
+def run_search(num, lc, start, fitness, generations, cache, history, save=None) -> Result:
+    """Runs the search over K = num members until `generations` generations are finished.
+
+    start [K]: the optimizer's start vector (CMA-ES; see make_optimizer). fitness(a [K]) ->
+    float. cache {rounded vector: value} and history (one dict per finished generation) are
+    updated in place and are the whole resumable state: the finished generations are replayed
+    from them, then save() is called after every new one.
+    """
+    optimizer = make_optimizer(num, lc, start)
+    _replay(optimizer, cache, history, lc)
+    while optimizer.generation < generations:
+        began = time.time()
+        population = optimizer.ask()  # [P, K]
+        keys = [cache_key(a, lc.cache_decimals) for a in population]
+        fresh = 0
+        for key in keys:
             if key not in cache:
                 cache[key] = float(fitness(np.asarray(key)))
                 fresh += 1
-            values.append(cache[key])
+        values = [cache[k] for k in keys]
         optimizer.tell(population, values)
         best = int(np.argmin(values))
         history.append(
@@ -152,16 +198,11 @@ def run_search(optimizer, fitness, generations: int, cache: dict, history: list,
                 "best": values[best],
                 "median": float(np.median(values)),
                 "worst": float(np.max(values)),
-                "best_coefficients": [float(x) for x in population[best]],
+                "best_coefficients": list(keys[best]),
                 "evaluations": fresh,
-                "seconds": time.time() - start,
+                "seconds": time.time() - began,
             }
         )
         if save is not None:
             save()
-    return best_in_cache(cache)
-
-
-def best_in_cache(cache: dict):
-    key = min(cache, key=cache.get)
-    return np.asarray(key), cache[key]
+    return result(cache, history)

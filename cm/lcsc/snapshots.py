@@ -6,12 +6,10 @@ training.power_ema_stds, when tracked)}. A member names one tree in it: ("params
 one parameter tree of one snapshot sits in host memory per call.
 """
 
-import os
-
 import jax
 import orbax.checkpoint as ocp
 
-from cm import experiment
+from cm import experiment, fileio
 
 ONLINE = ("params",)
 
@@ -24,16 +22,22 @@ def source_member(source: str) -> tuple:
     return members[source]
 
 
+def require(workdir: str):
+    """The run's snapshot folder; FileNotFoundError (one sentence, nothing created) if absent."""
+    path = fileio.local_absolute(workdir) / "snapshots"
+    if not fileio.exists(path):
+        raise FileNotFoundError(
+            f"No parameter snapshots in {path}; train with --config.training.snapshot_every "
+            "> 0 (the same --config and --workdir) first."
+        )
+    return path
+
+
 class SnapshotStream:
-    """Read access to <workdir>/snapshots of a run trained with `config`."""
+    """Read access to <workdir>/snapshots of a run trained with `config` (never writes)."""
 
     def __init__(self, workdir: str, config, exp: experiment.Experiment):
-        path = os.path.join(os.path.abspath(workdir), "snapshots")
-        if not os.path.isdir(path):
-            raise FileNotFoundError(
-                f"No parameter snapshots in {path}; train with --config.training.snapshot_every "
-                "> 0 (the same --config and --workdir) first."
-            )
+        path = require(workdir)
         self._manager = ocp.CheckpointManager(
             path, options=ocp.CheckpointManagerOptions(read_only=True)
         )

@@ -44,8 +44,17 @@ def group_count(channels: int, num_groups: int) -> int:
 
 
 def _group_norm(channels, num_groups, eps, dtype, name):
+    """GroupNorm with the two-pass variance mean((x - mean)^2), as PyTorch computes it; flax's
+    default one-pass E[x^2] - E[x]^2 loses digits when |mean| >> std (cancellation)."""
     groups = group_count(channels, num_groups)
-    return nn.GroupNorm(groups, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name)
+    return nn.GroupNorm(
+        groups,
+        epsilon=eps,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        use_fast_variance=False,
+        name=name,
+    )
 
 
 def _ns_layer_norm(channels, num_groups, eps, dtype, name):

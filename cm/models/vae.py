@@ -5,8 +5,10 @@ safetensors weights map onto these parameters name by name (cm/models/vae_weight
     encoder: conv_in, down_blocks_i (resnets_j, downsamplers_0), mid_block, conv_norm_out, conv_out
     quant_conv (1x1) -> moments = (mean, log-variance) of the diagonal Gaussian posterior
     post_quant_conv (1x1) -> decoder: conv_in, mid_block, up_blocks_i (resnets_j, upsamplers_0), ...
-Every norm is a GroupNorm; the mid blocks are resnet, single-head self-attention, resnet.
-Arrays are NHWC; images are floats in [-1, 1].
+Every norm is a GroupNorm with torch's two-pass variance; the mid blocks are resnet,
+single-head self-attention, resnet. Arrays are NHWC; images are floats in [-1, 1]. Every
+convolution and matmul runs at full float32 precision (HIGHEST) whatever the device default,
+so encoding and decoding give the same latents and images on a GPU or TPU as on a CPU.
 """
 
 import dataclasses
@@ -16,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' clamp of the posterior log-variance
+PRECISION = jax.lax.Precision.HIGHEST  # of every conv and matmul: float32 on any device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +50,18 @@ def vae_config(vae_section, image_channels: int = 3) -> VAEConfig:
 
 
 def _conv(features: int, kernel: int, name: str, stride: int = 1, padding="SAME") -> nn.Conv:
-    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=padding, name=name)
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        (stride, stride),
+        padding=padding,
+        precision=PRECISION,
+        name=name,
+    )
+
+
+def _dense(features: int, name: str) -> nn.Dense:
+    return nn.Dense(features, precision=PRECISION, name=name)
 
 
 def _norm(cfg: VAEConfig, name: str) -> nn.GroupNorm:
@@ -81,11 +95,11 @@ class Attention(nn.Module):
     def __call__(self, x):  # [B, H, W, C] -> [B, H, W, C]
         b, h, w, c = x.shape
         t = _norm(self.cfg, "group_norm")(x).reshape(b, h * w, c)  # [B, T, C]
-        q = nn.Dense(c, name="to_q")(t)
-        k = nn.Dense(c, name="to_k")(t)
-        v = nn.Dense(c, name="to_v")(t)
-        weights = jax.nn.softmax(jnp.einsum("btc,bsc->bts", q, k) / jnp.sqrt(c), axis=-1)
-        out = nn.Dense(c, name="to_out_0")(jnp.einsum("bts,bsc->btc", weights, v))  # [B, T, C]
+        q, k, v = _dense(c, "to_q")(t), _dense(c, "to_k")(t), _dense(c, "to_v")(t)  # [B, T, C]
+        logits = jnp.einsum("btc,bsc->bts", q, k, precision=PRECISION) / jnp.sqrt(c)
+        weights = jax.nn.softmax(logits, axis=-1)  # [B, T, T]
+        mixed = jnp.einsum("bts,bsc->btc", weights, v, precision=PRECISION)  # [B, T, C]
+        out = _dense(c, "to_out_0")(mixed)  # [B, T, C]
         return x + out.reshape(b, h, w, c)
 
 

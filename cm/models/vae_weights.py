@@ -8,17 +8,16 @@ older diffusers files (query, key, value, proj_attn) are read as to_q, to_k, to_
 Only numpy and the safetensors package are needed; torch is not.
 """
 
-import os
-
 import jax
 import numpy as np
 
+from cm import fileio
 from cm.models import vae
 
 WEIGHTS_HELP = (
-    "download vae/diffusion_pytorch_model.safetensors of the Hugging Face repository "
-    "stabilityai/sd-vae-ft-mse (or the vae/ folder of a Stable Diffusion v1 repository) and "
-    "set vae.weights_path to it"
+    "download diffusion_pytorch_model.safetensors of the Hugging Face repository "
+    "stabilityai/sd-vae-ft-ema (configs/celebahq256_slct.py) or stabilityai/sd-vae-ft-mse "
+    "(the default elsewhere) and set vae.weights_path to it"
 )
 _LEGACY_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
@@ -112,14 +111,13 @@ def to_state_dict(params) -> dict[str, np.ndarray]:
 
 
 def load(path: str, cfg: vae.VAEConfig) -> dict:
-    """Flax VAE parameters from a diffusers-format .safetensors file."""
-    from safetensors.numpy import load_file
+    """Flax VAE parameters from a diffusers-format .safetensors file (any path, gs:// too)."""
+    from safetensors.numpy import load
 
-    path = os.path.expanduser(path)
-    if not path or not os.path.isfile(path):
+    if not path or not fileio.is_file(path):
         raise FileNotFoundError(f"No VAE weights at vae.weights_path={path!r}: {WEIGHTS_HELP}.")
     try:
-        state = load_file(path)
+        state = load(fileio.read_bytes(path))
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise ValueError(
             f"vae.weights_path={path!r} is not a readable safetensors file ({e}); {WEIGHTS_HELP}."
@@ -128,10 +126,10 @@ def load(path: str, cfg: vae.VAEConfig) -> dict:
 
 
 def save(params, path: str) -> None:
-    """Writes Flax VAE parameters as a diffusers-format .safetensors file."""
-    from safetensors.numpy import save_file
+    """Writes Flax VAE parameters as a diffusers-format .safetensors file, atomically."""
+    from safetensors.numpy import save
 
-    save_file(to_state_dict(params), os.path.expanduser(path))
+    fileio.write_bytes_atomic(path, save(to_state_dict(params)))
 
 
 def _arch(cfg: vae.VAEConfig) -> str:

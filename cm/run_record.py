@@ -1,0 +1,86 @@
+"""The run's record in its workdir: how it was trained, written once and never overwritten.
+
+workdir/config.json                   the config of the training start that began the run
+workdir/starts/step<k>_<utc>.json     the effective config of every later training start
+
+Read-only modes (sample, eval, summary, lcsc) check their config against config.json and never
+write it. A training start that finds no checkpoint begins the run, so it (re)writes
+config.json: nothing was trained under an older one (a missing config.json is also written).
+"""
+
+import datetime
+import json
+
+import jax
+
+from cm import fileio
+
+# Config fields that change the shape of the saved state: a resume with other values cannot work.
+STRUCTURAL_FIELDS = (
+    "model",
+    "data.image_size",
+    "data.channels",
+    "data.num_classes",
+    "optim.name",
+    "optim.weight_decay",
+    "optim.grad_clip",
+    "optim.warmup_steps",
+    "training.ema_rates",
+    "training.power_ema_stds",
+)
+
+
+def _lookup(tree: dict, dotted: str):
+    for key in dotted.split("."):
+        tree = tree.get(key, {}) if isinstance(tree, dict) else None
+    return tree
+
+
+def _normalize(value):
+    """JSON round trip so that tuples and lists compare equal."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def check_compatible(saved: dict, current: dict, workdir: str):
+    """Raises one sentence naming the first structural field that differs from the saved run."""
+    for field in STRUCTURAL_FIELDS:
+        old, new = _normalize(_lookup(saved, field)), _normalize(_lookup(current, field))
+        if old != new:
+            raise ValueError(
+                f"The workdir {workdir} holds a run of an incompatible config ({field}: "
+                f"{old} there, {new} now); use a new --workdir or set --config.{field} back."
+            )
+
+
+def read(workdir: str):
+    """config.json of the run as a dict, or None when the workdir has none."""
+    p = fileio.path(workdir) / "config.json"
+    if not fileio.exists(p):
+        return None
+    try:
+        return fileio.read_json(p)
+    except ValueError as e:
+        raise ValueError(
+            f"{p} is not valid JSON ({e}); restore it from a copy, or move it away to let the "
+            "next training start record the current config."
+        ) from e
+
+
+def check(workdir: str, config_dict: dict):
+    """Compatibility of `config_dict` with the recorded run, if there is one."""
+    saved = read(workdir)
+    if saved is not None:
+        check_compatible(saved, config_dict, workdir)
+
+
+def record_start(workdir: str, config_dict: dict, start_step: int):
+    """config.json for a run that begins (start_step 0 and no checkpoint), else a new file under
+    starts/ with the effective config of this resume. Process 0 writes; atomically."""
+    if jax.process_index() != 0:
+        return
+    root = fileio.path(workdir)
+    if start_step == 0 or not fileio.exists(root / "config.json"):
+        fileio.write_json_atomic(root / "config.json", config_dict)
+        return
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    fileio.write_json_atomic(root / "starts" / f"step{start_step:08d}_{stamp}.json", config_dict)
