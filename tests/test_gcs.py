@@ -19,6 +19,8 @@ import orbax.checkpoint as ocp
 import pytest
 from helpers import ROOT, launch_cmd, subprocess_env
 
+from cm.lcsc import search_state
+
 pytestmark = pytest.mark.slow
 
 
@@ -207,12 +209,12 @@ def _launch(bucket, local, compile_cache, workdir, *args):
     _finish(_start(bucket, local, compile_cache, workdir, *args), local)
 
 
-def _kill_when(bucket, name: str, process: subprocess.Popen, local: Local):
-    """SIGKILL (kill -9) the run as soon as object `name` is in the bucket."""
+def _kill_when(ready, process: subprocess.Popen, local: Local):
+    """SIGKILL (kill -9) the run as soon as ready() is true."""
     deadline = time.monotonic() + _TIMEOUT_S
-    while not bucket.exists(name):
+    while not ready():
         assert process.poll() is None, (local.root / "log").read_text()[-4000:]
-        assert time.monotonic() < deadline, f"{name} did not appear"
+        assert time.monotonic() < deadline, "the run did not get there in time"
         time.sleep(0.05)
     process.kill()
     process.wait()
@@ -250,7 +252,8 @@ def test_run_killed_mid_run_resumes_bitwise(gcs_bucket, trained, compile_cache, 
     """kill -9 after the second checkpoint, the same command again == the uninterrupted run."""
     local = Local(tmp_path / "local")
     process = _start(gcs_bucket, local, compile_cache, "killed", *RUN)
-    _kill_when(gcs_bucket, "killed/checkpoints/4/commit_success.txt", process, local)
+    second = "killed/checkpoints/4/commit_success.txt"  # orbax's commit marker on GCS
+    _kill_when(lambda: gcs_bucket.exists(second), process, local)
     assert not gcs_bucket.exists(f"killed/checkpoints/{STEPS}/commit_success.txt")
     _launch(gcs_bucket, local, compile_cache, "killed", *RUN)
     resumed = _restore(gcs_bucket, f"killed/checkpoints/{STEPS}", tmp_path / "resumed")
@@ -279,8 +282,8 @@ def test_eval_mode_on_digits_writes_to_the_bucket(gcs_bucket, trained, compile_c
     flags = ("--mode=eval", "--config.eval.num_samples=16", "--config.eval.grid_samples=16")
     _launch(gcs_bucket, local, compile_cache, "run", *RUN, *flags)
     metrics = json.loads(gcs_bucket.read(f"run/eval/metrics_step{STEPS:08d}.json"))
-    assert metrics and all(k.startswith("1step/") for k in metrics)
-    assert all(np.isfinite(v) for v in metrics.values())
+    assert metrics["step"] == STEPS and metrics["num_samples"] == 16
+    assert np.isfinite(metrics["1step/digits_fd"]) and 0 <= metrics["1step/digits_accuracy"] <= 1
     assert gcs_bucket.exists(f"run/eval/1step_step{STEPS:08d}.png")
     assert local.undeclared() == []
     cached = [p.name for p in (local.root / DECLARED_CACHE).iterdir()]
@@ -289,10 +292,15 @@ def test_eval_mode_on_digits_writes_to_the_bucket(gcs_bucket, trained, compile_c
 
 def test_lcsc_mode_killed_and_resumed_on_the_bucket(gcs_bucket, trained, compile_cache, tmp_path):
     local = Local(tmp_path)
+    state = f"run/lcsc/{search_state.FILE}"  # rewritten after every evaluation
+    evaluated = lambda: gcs_bucket.exists(state) and json.loads(gcs_bucket.read(state))["others"]
     process = _start(gcs_bucket, local, compile_cache, "run", *RUN, *LCSC)
-    _kill_when(gcs_bucket, "run/lcsc/state.pkl", process, local)  # after its first evaluation
+    _kill_when(evaluated, process, local)
+    killed = json.loads(gcs_bucket.read(state))
     assert not gcs_bucket.exists("run/lcsc/heldout.json")
     _launch(gcs_bucket, local, compile_cache, "run", *RUN, *LCSC)
+    final = json.loads(gcs_bucket.read(state))
+    assert killed["others"] and killed["others"].items() <= final["others"].items()
     generations = json.loads(gcs_bucket.read("run/lcsc/generations.json"))
     assert [g["generation"] for g in generations] == [1, 2]
     heldout = json.loads(gcs_bucket.read("run/lcsc/heldout.json"))
