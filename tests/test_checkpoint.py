@@ -1,0 +1,246 @@
+"""The workdir's integrity: checkpoint digests and fallback, the run's record, the lock."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import launch_cmd, subprocess_env, tiny_config
+
+from cm import fileio, modes, run_record, train
+from cm import state as state_lib
+from cm.checkpoint import Checkpointer, NoCheckpointError, state_digest
+from cm.workdir_lock import WorkdirLock
+
+
+def _state(offset: float, power: int = 0):
+    return state_lib.create({"w": jnp.arange(64.0) + offset}, optax.adam(1e-3), 1, power)
+
+
+def _abstract(train_state):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), train_state)
+
+
+def _two_checkpoints(workdir):
+    ckpt = Checkpointer(str(workdir), 3)
+    ckpt.save(1, _state(1.0))
+    ckpt.save(2, _state(2.0))
+    ckpt.close()
+
+
+def _files(root, step):
+    return sorted(p for p in (root / "checkpoints" / str(step)).rglob("*") if p.is_file())
+
+
+def _largest_data_file(root, step):
+    return max((p for p in _files(root, step) if "/d/" in str(p)), key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize("power", [0, 2])
+def test_state_round_trips_with_its_digest(tmp_path, power):
+    ckpt = Checkpointer(str(tmp_path), 1)
+    saved = _state(0.5, power)
+    ckpt.save(3, saved)
+    ckpt.close()
+    assert fileio.read_json(tmp_path / "digests" / "3.json")["sha256"] == state_digest(saved)
+    restored = Checkpointer(str(tmp_path), 1).restore(_abstract(saved))
+    assert len(restored.power_ema) == power
+    jax.tree.map(np.testing.assert_array_equal, restored, saved)
+
+
+def test_digest_changes_with_one_element():
+    a = _state(0.0)
+    b = a.replace(params={"w": a.params["w"].at[5].add(1e-6)})
+    assert state_digest(a) != state_digest(b)
+    assert state_digest(a) == state_digest(_state(0.0))
+
+
+def test_digests_of_deleted_checkpoints_are_dropped(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), 2)
+    for step in (1, 2, 3):
+        ckpt.save(step, _state(step))
+    ckpt.close()
+    assert fileio.listdir(tmp_path / "digests") == ["2.json", "3.json"]
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_bytes(path):
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 8):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated data file": lambda root: _truncate(_largest_data_file(root, 2)),
+    "flipped bytes in a data file": lambda root: _flip_bytes(_largest_data_file(root, 2)),
+    "missing _METADATA": lambda root: (root / "checkpoints/2/default/_METADATA").unlink(),
+    "content differs from its digest": lambda root: fileio.write_json_atomic(
+        root / "digests" / "2.json", {"sha256": "0" * 64}
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, damage, caplog):
+    _two_checkpoints(tmp_path)
+    DAMAGE[damage](tmp_path)
+    ckpt = Checkpointer(str(tmp_path), 3)
+    restored = ckpt.restore(_abstract(_state(0.0)))
+    assert ckpt.restored_step == 1
+    jax.tree.map(np.testing.assert_array_equal, restored, _state(1.0))
+    assert "Restored step 1" in caplog.text and "step 2:" in caplog.text
+
+
+def test_unsealed_checkpoint_is_the_last_resort(tmp_path):
+    _two_checkpoints(tmp_path)
+    (tmp_path / "digests" / "2.json").unlink()  # killed after the commit, before the digest
+    ckpt = Checkpointer(str(tmp_path), 3)
+    ckpt.restore(_abstract(_state(0.0)))
+    assert ckpt.restored_step == 1
+    (tmp_path / "digests" / "1.json").unlink()
+    ckpt = Checkpointer(str(tmp_path), 3)
+    restored = ckpt.restore(_abstract(_state(0.0)))
+    assert ckpt.restored_step == 2
+    jax.tree.map(np.testing.assert_array_equal, restored, _state(2.0))
+
+
+def test_no_restorable_checkpoint_is_one_sentence(tmp_path):
+    _two_checkpoints(tmp_path)
+    for step in (1, 2):
+        (tmp_path / f"checkpoints/{step}/default/_METADATA").unlink()
+    with pytest.raises(ValueError, match=r"No checkpoint in .* could be restored \(step 2: "):
+        Checkpointer(str(tmp_path), 3).restore(_abstract(_state(0.0)))
+
+
+def test_read_only_modes_create_nothing(tmp_path):
+    missing, empty = tmp_path / "missing", tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(NoCheckpointError, match="No checkpoint in"):
+        Checkpointer(str(missing), read_only=True)
+    c = tiny_config()
+    for mode in ("sample", "eval"):
+        for workdir in (missing, empty):
+            with pytest.raises(FileNotFoundError, match="train first"):
+                modes.run(mode, c, str(workdir))
+    assert not missing.exists() and list(empty.iterdir()) == []
+
+
+def test_config_json_is_written_once_and_later_starts_are_recorded(tmp_path):
+    c = tiny_config()
+    c.training.num_steps = 2
+    train.train_and_evaluate(c, str(tmp_path))
+    record = (tmp_path / "config.json").read_bytes()
+    assert json.loads(record)["training"]["num_steps"] == 2
+    c.training.num_steps = 4
+    train.train_and_evaluate(c, str(tmp_path))
+    assert (tmp_path / "config.json").read_bytes() == record
+    (start,) = fileio.listdir(tmp_path / "starts")
+    assert start.startswith("step00000002_")
+    assert fileio.read_json(tmp_path / "starts" / start)["training"]["num_steps"] == 4
+    c.sampling.num_samples = 4
+    modes.run("sample", c, str(tmp_path))
+    assert (tmp_path / "config.json").read_bytes() == record
+    assert fileio.listdir(tmp_path / "starts") == [start]
+    assert not (tmp_path / "lock.json").exists()  # released at the end of training
+
+
+def test_unreadable_config_json_is_one_sentence(tmp_path):
+    (tmp_path / "config.json").write_text("")
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON .*move it away"):
+        run_record.check(str(tmp_path), tiny_config().to_dict())
+
+
+def test_nan_before_any_checkpoint_says_nothing_can_be_resumed(tmp_path):
+    c = tiny_config()
+    c.optim.learning_rate = float("nan")
+    with pytest.raises(FloatingPointError, match="no checkpoint of this run is good yet"):
+        train.train_and_evaluate(c, str(tmp_path))
+
+
+def _lock_file(workdir, **fields):
+    now = time.time()
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now}
+    info["boot_id"] = WorkdirLock(str(workdir), 1, 1)._info["boot_id"]
+    fileio.write_json_atomic(workdir / "lock.json", {**info, "token": "other", **fields})
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    return int(proc.stdout)
+
+
+@pytest.mark.parametrize(
+    "owner,taken",
+    [
+        ({}, False),  # this very process: alive
+        ({"host": "elsewhere"}, False),  # another host with a fresh heartbeat
+        ({"host": "elsewhere", "heartbeat": 0.0}, True),  # its heartbeat stopped long ago
+        ({"pid": "DEAD"}, True),  # same host, the process is gone (kill -9)
+        ({"boot_id": "rebooted"}, True),  # same host, rebooted since
+    ],
+)
+def test_lock_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path, owner, taken):
+    owner = {k: (_dead_pid() if v == "DEAD" else v) for k, v in owner.items()}
+    _lock_file(tmp_path, **owner)
+    lock = WorkdirLock(str(tmp_path), heartbeat_seconds=60, stale_seconds=300)
+    if not taken:
+        with pytest.raises(ValueError, match=r"is in use by process .* lock file"):
+            lock.acquire()
+        assert fileio.read_json(tmp_path / "lock.json")["token"] == "other"
+        return
+    lock.acquire()
+    assert fileio.read_json(tmp_path / "lock.json")["token"] == lock._info["token"]
+    lock.release()
+    assert not (tmp_path / "lock.json").exists()
+
+
+def test_lock_heartbeat_refreshes_the_file(tmp_path):
+    lock = WorkdirLock(str(tmp_path), heartbeat_seconds=0.05, stale_seconds=1).acquire()
+    first = fileio.read_json(tmp_path / "lock.json")["heartbeat"]
+    time.sleep(0.3)
+    assert fileio.read_json(tmp_path / "lock.json")["heartbeat"] > first
+    lock.release()
+
+
+@pytest.mark.slow
+def test_second_process_is_refused_and_a_killed_owner_is_taken_over(tmp_path):
+    """Real processes: the second start on a busy workdir exits 2 at once with one sentence and
+    touches nothing; after kill -9 of the owner the same command resumes from its checkpoint."""
+    env = subprocess_env()
+    workdir = tmp_path / "w"
+    steps = ["--config.training.num_steps=100000", "--config.training.checkpoint_every=2"]
+    owner = subprocess.Popen(launch_cmd(workdir, *steps), env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while not (workdir / "digests" / "2.json").exists():
+            assert owner.poll() is None and time.time() < deadline
+            time.sleep(0.5)
+        before = fileio.read_bytes(workdir / "config.json")
+        second = subprocess.run(launch_cmd(workdir, *steps), env=env, capture_output=True,
+                                text=True, timeout=240)  # fmt: skip
+        assert second.returncode == 2, second.stderr[-2000:]
+        last = second.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: The workdir") and f"process {owner.pid}" in last
+        assert "Traceback" not in second.stderr
+        assert fileio.read_bytes(workdir / "config.json") == before
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    again = launch_cmd(workdir, "--config.training.num_steps=6", steps[1])
+    resumed = subprocess.run(again, env=env, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Taking over the stale lock" in resumed.stderr
+    assert 6 in Checkpointer(str(workdir), 3).all_steps()
