@@ -190,14 +190,14 @@ def _argv(workdir: str, *args: str) -> list[str]:
 def _start(bucket, local, compile_cache, workdir, *args) -> subprocess.Popen:
     """launch.py on the tiny demo config in a fresh process in local's cwd, output to
     local.root/log."""
-    log = open(local.root / "log", "ab")  # noqa: SIM115 (the process owns it)
-    return subprocess.Popen(
-        _argv(f"{bucket.url}/{workdir}", *args),
-        env=_launch_env(bucket, local, compile_cache),
-        cwd=local.root / "cwd",
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with open(local.root / "log", "ab") as log:  # the child keeps its own copy
+        return subprocess.Popen(
+            _argv(f"{bucket.url}/{workdir}", *args),
+            env=_launch_env(bucket, local, compile_cache),
+            cwd=local.root / "cwd",
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _finish(process: subprocess.Popen, local: Local):
