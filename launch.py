@@ -7,6 +7,7 @@ python launch.py --config=configs/cifar10_ict.py --workdir=W --config.training.b
 
 import logging as std_logging
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -23,6 +24,7 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a by-hand start.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a by-hand start.")
 flags.mark_flags_as_required(["config", "workdir"])
+_REQUIRED_EXAMPLES = {"config": "configs/demo.py", "workdir": "runs/demo"}
 
 # Environment variables that mean "this is one process of several" (TPU pods, SLURM, Open MPI).
 _CLUSTER_HINTS = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE")
@@ -69,7 +71,7 @@ def main(argv):
     _start_distributed()
     import jax
 
-    from cm import modes
+    from cm import config_checks, modes
 
     logging.info(
         "JAX process %d of %d, %d local devices of %d.",
@@ -79,6 +81,7 @@ def main(argv):
         jax.device_count(),
     )
     try:
+        config_checks.check(_CONFIG.value, _MODE.value)  # before anything touches the workdir
         modes.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         # A user error: one sentence, no traceback (CM_TRACEBACK=1 shows it). The workdir is kept.
@@ -88,21 +91,84 @@ def main(argv):
         sys.exit(2)
 
 
-def _parse_flags(argv):
-    """absl flag parsing, with a misspelled --config.a.b override reported in one sentence."""
+def _usage_error(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _last_line(text: str) -> str:
+    """The last non-empty line: the cause at the end of a multi-line library message."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _config_value(dotted: str):
+    """The loaded config's value at `dotted` ("training.batch_size"), or None."""
+    value = flags.FLAGS["config"].value
     try:
-        return flags.FLAGS(argv)
+        for key in dotted.split("."):
+            value = value[key]
+    except (KeyError, TypeError, AttributeError, OSError):
+        return None
+    return value
+
+
+def _bad_flag_value(e: flags.IllegalFlagValueError) -> str:
+    """One sentence for a flag value that does not parse (or a config file that fails)."""
+    match = re.match(r"flag --([\w.]+)=(.*?): (.*)", str(e), re.S)
+    if not match:
+        return f"{_last_line(e)}; see python launch.py --help."
+    name, value, cause = match[1], match[2], _last_line(match[3])
+    if value == "None" and name in _REQUIRED_EXAMPLES:
+        return f"--{name} is missing; pass it, e.g. --{name}={_REQUIRED_EXAMPLES[name]}."
+    if name == "config":
+        return (
+            f"--config={value} cannot be loaded ({cause}); fix the file or its :argument, "
+            "e.g. --config=configs/demo.py."
+        )
+    current = _config_value(name[len("config.") :]) if name.startswith("config.") else None
+    if current is not None:
+        kind = type(current).__name__
+        example = f"'{current!r}'" if isinstance(current, tuple | list) else current
+        return (
+            f"--{name}={value} does not parse as {kind} ({cause}); pass a value of the "
+            f"field's type, e.g. its value in the config: --{name}={example}."
+        )
+    return f"--{name}={value} is invalid ({cause}); see python launch.py --help."
+
+
+def _parse_flags(argv):
+    """absl flag parsing; a misspelled --config.a.b override, a value that does not parse, an
+    unknown flag or a config file that does not load is reported in one sentence (exit 2)."""
+    try:
+        rest = flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:
         inner = e
         while isinstance(inner, BaseException) and inner.args:
             inner = inner.args[0]
         hint = str(inner).replace("\n", " ")
-        print(
-            f"error: unknown config field in a --config.* override ({hint}); "
-            "configs/common.py lists every field.",
-            file=sys.stderr,
+        _usage_error(
+            f"unknown config field in a --config.* override ({hint}); "
+            "configs/common.py lists every field."
         )
-        sys.exit(2)
+    except flags.IllegalFlagValueError as e:
+        _usage_error(_bad_flag_value(e))
+    except flags.Error as e:
+        _usage_error(f"{_last_line(e).rstrip('.')}; see python launch.py --help.")
+    except OSError as e:  # a --config.* override of a config file that failed to load
+        _unloadable_config(e)
+    try:
+        _CONFIG.value.keys()  # a config file that failed to load raises on first use
+    except OSError as e:
+        _unloadable_config(e)
+    return rest
+
+
+def _unloadable_config(e: OSError):
+    _usage_error(
+        f"the --config file cannot be loaded ({_last_line(e)}); pass a config file, e.g. "
+        "--config=configs/demo.py."
+    )
 
 
 if __name__ == "__main__":
