@@ -21,7 +21,7 @@ from helpers import ROOT, launch_cmd, subprocess_env
 
 from cm.lcsc import search_state
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("gcs")]  # one emulator, one worker
 
 
 def _env(bucket, devices: int = 1) -> dict:
