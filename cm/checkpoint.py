@@ -23,10 +23,16 @@ STRUCTURAL_FIELDS = (
     "optim.grad_clip",
     "optim.warmup_steps",
     "training.ema_rates",
+    "training.ema_halflife_images",
     "training.power_ema_stds",
 )
-# Structural fields newer than some saved runs, with the value those runs implicitly had.
-FIELDS_ADDED_LATER = {"training.power_ema_stds": []}
+# Structural fields (or fields inside one) newer than some saved runs, with the value those
+# runs implicitly had.
+FIELDS_ADDED_LATER = {
+    "training.power_ema_stds": [],
+    "training.ema_halflife_images": 0,
+    "model.augment_dim": 0,
+}
 
 
 def _lookup(tree: dict, dotted: str):
@@ -40,12 +46,24 @@ def _normalize(value):
     return json.loads(json.dumps(value))
 
 
+def _with_later_fields(saved: dict) -> dict:
+    """The saved config with each missing FIELDS_ADDED_LATER entry at its implicit value."""
+    saved = _normalize(saved)
+    for dotted, value in FIELDS_ADDED_LATER.items():
+        *parents, leaf = dotted.split(".")
+        node = saved
+        for key in parents:
+            node = node.setdefault(key, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
+    return saved
+
+
 def check_compatible(saved: dict, current: dict, workdir: str):
     """Raises one sentence naming the first structural field that differs from the saved run."""
+    saved = _with_later_fields(saved)
     for field in STRUCTURAL_FIELDS:
         old, new = _normalize(_lookup(saved, field)), _normalize(_lookup(current, field))
-        if old == {} and field in FIELDS_ADDED_LATER and new == FIELDS_ADDED_LATER[field]:
-            continue  # a run saved before the field existed had its default
         if old != new:
             raise ValueError(
                 f"The workdir {workdir} holds a checkpoint of an incompatible config ({field}: "

@@ -265,7 +265,7 @@ def _final_members(config, stream, steps, candidates):
         "coefficients": np.ones(1),
         "heldout": True,
     }
-    if config.training.ema_rates:
+    if state.num_emas(config.training):
         candidates[f"final_ema{last}"] = {
             "keys": [(last, ("ema", 0))],
             "coefficients": np.ones(1),
@@ -314,7 +314,7 @@ def _write_merged(config, exp, params, coefficients, step: int, path: str):
     ckpt = Checkpointer(path, 1, config.to_dict())
     if ckpt.latest_step() != step:
         t = config.training
-        make = lambda p: state.create(p, exp.tx, len(t.ema_rates), len(t.power_ema_stds))  # noqa: E731
+        make = lambda p: state.create(p, exp.tx, state.num_emas(t), len(t.power_ema_stds))  # noqa: E731
         train_state = jax.jit(make, out_shardings=exp.replicated)(params)
         ckpt.save(step, train_state.replace(step=jnp.asarray(step, jnp.int32)))
     ckpt.close()
