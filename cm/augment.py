@@ -151,6 +151,15 @@ def _matrices(entries) -> jax.Array:
     return jnp.stack(rows, axis=1)
 
 
+def matmul(*matrices) -> jax.Array:
+    """Product of [N, 3, 3] matrices in full float32 (GPU/TPU default matmuls round the
+    operands to TF32/bfloat16, which would move the sample points by a fraction of a pixel)."""
+    out = matrices[0]
+    for m in matrices[1:]:
+        out = jnp.matmul(out, m, precision=jax.lax.Precision.HIGHEST)
+    return out
+
+
 def translation(tx, ty):
     return _matrices([[1, 0, tx], [0, 1, ty], [0, 0, 1]])
 
@@ -172,16 +181,17 @@ def inverse_matrix(params: dict, s: Settings, height: int, width: int) -> jax.Ar
     g = jnp.broadcast_to(jnp.eye(3, dtype=jnp.float32), (n, 3, 3))
     if "scale" in params:
         inv = 2.0 ** (-params["scale"] * s.scale_std)  # 1 / 2^(w std)
-        g = g @ scaling(inv, inv)
+        g = matmul(g, scaling(inv, inv))
     if "rotate_frac" in params:
-        g = g @ rotation(params["rotate_frac"])  # EDM: rotate2d_inv(-angle)
+        g = matmul(g, rotation(params["rotate_frac"]))  # EDM: rotate2d_inv(-angle)
     if "aniso" in params:
         w, r = params["aniso"]
         a = 2.0 ** (w * s.aniso_std)
-        g = g @ rotation(-r) @ scaling(1 / a, a) @ rotation(r)  # inverse of stretch along r
+        g = matmul(g, rotation(-r), scaling(1 / a, a), rotation(r))  # inverse stretch along r
     if "translate_frac" in params:
         tx, ty = params["translate_frac"]
-        g = g @ translation(-tx * width * s.translate_frac_std, -ty * height * s.translate_frac_std)
+        shift = translation(-tx * width * s.translate_frac_std, -ty * height * s.translate_frac_std)
+        g = matmul(g, shift)
     return g
 
 
@@ -235,7 +245,7 @@ def pixel_map(g_inv, in_hw: tuple, out_hw: tuple) -> jax.Array:
     to_centre = translation(0.5 - wo / 2 + 0.5, 0.5 - ho / 2 + 0.5)[0]  # j + 1 - Wo/2
     from_centre = translation((wi - 1) / 2 - 0.5, (hi - 1) / 2 - 0.5)[0]
     half, double = scaling(0.5, 0.5)[0], scaling(2.0, 2.0)[0]
-    return from_centre @ double @ g_inv @ half @ to_centre
+    return matmul(from_centre, double, g_inv, half, to_centre)
 
 
 def sample_bilinear(images, coords_map, out_hw: tuple):
