@@ -38,6 +38,7 @@ class Experiment:
     tx: Any
     mesh: Mesh
     power_ema_gammas: tuple = ()  # exponents of training.power_ema_stds (cm/power_ema.py)
+    ema_halflife: Any = None  # state.HalflifeEMA, the last EMA entry; None = off
 
     @property
     def replicated(self) -> NamedSharding:
@@ -54,7 +55,7 @@ def build(config, devices=None) -> Experiment:
     denoise = precond.make_denoiser(
         model,
         objectives.PRECONDITIONING[config.method.name],
-        config.model.embedding,
+        config.method.noise_label,
         config.method.sigma_data,
         config.method.sigma_min,
     )
@@ -65,6 +66,7 @@ def build(config, devices=None) -> Experiment:
         tx=state.make_optimizer(config.optim),
         mesh=make_mesh(devices),
         power_ema_gammas=tuple(power_ema.std_to_gamma(s) for s in config.training.power_ema_stds),
+        ema_halflife=state.halflife_ema(config.training),
     )
 
 
@@ -79,7 +81,7 @@ def init_params(exp: Experiment, config):
 
 def _fresh_state(exp: Experiment, config) -> state.TrainState:
     t = config.training
-    return state.create(init_params(exp, config), exp.tx, len(t.ema_rates), len(t.power_ema_stds))
+    return state.create(init_params(exp, config), exp.tx, state.num_emas(t), len(t.power_ema_stds))
 
 
 def init_state(exp: Experiment, config) -> state.TrainState:

@@ -10,7 +10,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from cm import coupling, losses, schedules
+from cm import augment, coupling, losses, schedules
 
 
 def ict_loss(
@@ -100,14 +100,36 @@ def low_noise_diffusion_loss(denoised, x, sigma, selected, sigma_data: float):
     return jnp.sum(mask * weight * mse) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def edm_loss(denoise, params, batch, rng, step, *, p_mean: float, p_std: float, sigma_data: float):
-    """EDM loss (PAPERS.md section 5): ln s ~ N(Pm, Ps^2), weight (s^2+sd^2)/(s sd)^2, MSE to x."""
+def edm_loss(
+    denoise,
+    params,
+    batch,
+    rng,
+    step,
+    *,
+    p_mean: float,
+    p_std: float,
+    sigma_data: float,
+    augment_settings: augment.Settings | None = None,
+):
+    """EDM loss (docs/methods.md section 5): ln s ~ N(Pm, Ps^2), weight (s^2+sd^2)/(s sd)^2,
+    MSE of D(y + s n, s) to y.
+
+    With `augment_settings` enabled, y is the batch after EDM's augmentation (cm/augment.py),
+    drawn from fold_in(rng, augment.AUGMENT_TAG) on the global batch, and its labels condition
+    the network; otherwise y = x and the network gets no augmentation labels.
+    """
     del step
     x, labels = batch["image"], batch.get("label")  # [B, H, W, C], [B]
+    augment_labels = None
+    if augment_settings is not None and augment_settings.enabled():
+        key = jax.random.fold_in(rng, augment.AUGMENT_TAG)
+        x, augment_labels = augment.augment(key, x, augment_settings)  # y; [B, label_dim]
     k_sigma, k_noise, k_dropout = jax.random.split(rng, 3)
     sigma = jnp.exp(p_mean + p_std * jax.random.normal(k_sigma, (x.shape[0],)))  # [B]
     noise = jax.random.normal(k_noise, x.shape, x.dtype) * sigma[:, None, None, None]
-    denoised = denoise(params, x + noise, sigma, labels, True, k_dropout)
+    extra = {} if augment_labels is None else {"augment_labels": augment_labels}
+    denoised = denoise(params, x + noise, sigma, labels, True, k_dropout, **extra)
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2  # [B]
     mse = jnp.mean(jnp.square(denoised - x), axis=(1, 2, 3))  # [B]
     loss = jnp.mean(weight * mse)
@@ -144,7 +166,12 @@ def _ict_from_config(config, denoise):
 def _edm_from_config(config, denoise):
     m = config.method
     return functools.partial(
-        edm_loss, denoise, p_mean=m.p_mean, p_std=m.p_std, sigma_data=m.sigma_data
+        edm_loss,
+        denoise,
+        p_mean=m.p_mean,
+        p_std=m.p_std,
+        sigma_data=m.sigma_data,
+        augment_settings=augment.Settings.from_config(config.augment),
     )
 
 
@@ -162,4 +189,7 @@ def check_method(name: str):
 def make_objective(config, denoise):
     """loss_fn(params, batch, rng, step) -> (loss, metrics) for config.method.name."""
     check_method(config.method.name)
+    augment.check_model(
+        augment.Settings.from_config(config.augment), config.model.augment_dim, config.method.name
+    )
     return OBJECTIVES[config.method.name](config, denoise)

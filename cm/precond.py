@@ -1,6 +1,7 @@
 """Preconditioning: the consistency function f and the EDM denoiser D around a raw network F.
 
 f(x, s) = c_skip(s) x + c_out(s) F(c_in(s) x, c_noise(s)); f(x, sigma_min) = x exactly.
+c_noise(s) is config.method.noise_label, resolved in NOISE_LABELS (docs/methods.md section 1).
 """
 
 import jax.numpy as jnp
@@ -23,39 +24,54 @@ def edm_scalings(sigma, sigma_data: float, sigma_min: float = 0.0):
     return c_skip, c_out, c_in
 
 
-def c_noise_fourier(sigma):
-    """Noise label for Fourier-embedding nets (NCSN++): 0.25 ln sigma."""
+def c_noise_log_sigma_over_4(sigma):
+    """ln(sigma) / 4: EDM's preconditioning (EDMPrecond) for every network, DDPM++, NCSN++ and
+    ADM alike; also ECT and the CIFAR-10 JAX consistency-model code (docs/methods.md section 1)."""
     return 0.25 * jnp.log(sigma)
 
 
-def c_noise_positional(sigma):
-    """Noise label for positional-embedding nets (DDPM++, ADM): 1000 * 0.25 ln sigma."""
+def c_noise_250_log_sigma(sigma):
+    """250 ln(sigma) = 1000 * ln(sigma) / 4: the PyTorch consistency-model code
+    (openai/consistency_models) and sLCT's code, which inherits it (docs/methods.md section 1)."""
     return 250.0 * jnp.log(sigma)
 
 
 SCALINGS = {"consistency": consistency_scalings, "edm": edm_scalings}
-C_NOISE = {"fourier": c_noise_fourier, "positional": c_noise_positional}
+# The one table of noise labels, keyed by config.method.noise_label (named by the formula): the
+# label depends on the codebase a recipe comes from, not on the network's embedding.
+NOISE_LABELS = {
+    "log_sigma_over_4": c_noise_log_sigma_over_4,
+    "250_log_sigma": c_noise_250_log_sigma,
+}
 
 
-def make_denoiser(model, kind: str, embedding: str, sigma_data: float, sigma_min: float):
-    """Returns denoise(params, x, sigma, labels, train, dropout_rng) -> f or D.
+def noise_label_fn(name: str):
+    """sigma -> c_noise for config.method.noise_label `name`."""
+    if name not in NOISE_LABELS:
+        raise ValueError(f"Unknown method.noise_label {name!r}; valid: {sorted(NOISE_LABELS)}.")
+    return NOISE_LABELS[name]
 
-    x: [B, H, W, C]; sigma: [B]; labels: [B] int or None. The dropout key is passed explicitly
-    so that callers can share it between two calls (the iCT teacher and student).
+
+def make_denoiser(model, kind: str, noise_label: str, sigma_data: float, sigma_min: float):
+    """Returns denoise(params, x, sigma, labels, train, dropout_rng, augment_labels) -> f or D.
+
+    x: [B, H, W, C]; sigma: [B]; labels: [B] int or None; augment_labels: [B, augment_dim]
+    (EDM's augmentation labels, cm/augment.py) or None, which the network reads as zeros (no
+    augmentation: sampling). The dropout key is passed explicitly so that callers can share it
+    between two calls (the iCT teacher and student). `noise_label` is a key of NOISE_LABELS.
     """
     if kind not in SCALINGS:
         raise ValueError(f"Unknown preconditioning {kind!r}; valid: {sorted(SCALINGS)}.")
-    if embedding not in C_NOISE:
-        raise ValueError(f"Unknown model.embedding {embedding!r}; valid: {sorted(C_NOISE)}.")
-    scalings, c_noise = SCALINGS[kind], C_NOISE[embedding]
+    scalings, c_noise = SCALINGS[kind], noise_label_fn(noise_label)
 
-    def denoise(params, x, sigma, labels=None, train=False, dropout_rng=None):
+    def denoise(params, x, sigma, labels=None, train=False, dropout_rng=None, augment_labels=None):
         c_skip, c_out, c_in = (
             s[:, None, None, None] for s in scalings(sigma, sigma_data, sigma_min)
         )
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+        extra = {} if augment_labels is None else {"augment_labels": augment_labels}
         out = model.apply(
-            {"params": params}, c_in * x, c_noise(sigma), labels, train=train, rngs=rngs
+            {"params": params}, c_in * x, c_noise(sigma), labels, train=train, rngs=rngs, **extra
         )
         return c_skip * x + c_out * out.astype(x.dtype)
 

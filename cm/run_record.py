@@ -26,8 +26,16 @@ STRUCTURAL_FIELDS = (
     "optim.grad_clip",
     "optim.warmup_steps",
     "training.ema_rates",
+    "training.ema_halflife_images",
     "training.power_ema_stds",
 )
+# Fields (structural, or inside a structural section) newer than some recorded runs, with the
+# value those runs implicitly had: their absence from an older config.json is not a change.
+FIELDS_ADDED_LATER = {
+    "training.power_ema_stds": [],
+    "training.ema_halflife_images": 0,
+    "model.augment_dim": 0,
+}
 
 
 def _lookup(tree: dict, dotted: str):
@@ -41,8 +49,22 @@ def _normalize(value):
     return json.loads(json.dumps(value, default=str))
 
 
+def _with_later_fields(saved: dict) -> dict:
+    """The recorded config with each missing FIELDS_ADDED_LATER entry at its implicit value."""
+    saved = _normalize(saved)
+    for dotted, value in FIELDS_ADDED_LATER.items():
+        *parents, leaf = dotted.split(".")
+        node = saved
+        for key in parents:
+            node = node.setdefault(key, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
+    return saved
+
+
 def check_compatible(saved: dict, current: dict, workdir: str):
     """Raises one sentence naming the first structural field that differs from the saved run."""
+    saved = _with_later_fields(saved)
     for field in STRUCTURAL_FIELDS:
         old, new = _normalize(_lookup(saved, field)), _normalize(_lookup(current, field))
         if old != new:

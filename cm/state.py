@@ -1,5 +1,6 @@
 """Train state and optimizer: everything a resumed run needs, and nothing else."""
 
+import dataclasses
 from typing import Any
 
 import flax
@@ -13,7 +14,9 @@ class TrainState:
     step: jax.Array  # int32 scalar: optimizer steps taken; also indexes data and randomness
     params: Any
     opt_state: Any
-    ema: tuple  # one parameter tree per config.training.ema_rates entry, same order
+    # One parameter tree per config.training.ema_rates entry, same order, then EDM's half-life
+    # EMA when training.ema_halflife_images > 0 (num_emas).
+    ema: tuple
     # One tree per config.training.power_ema_stds entry (EDM2 power-function EMAs, power_ema.py).
     power_ema: tuple = ()
 
@@ -61,9 +64,52 @@ def create(params, tx, num_ema: int, num_power_ema: int = 0) -> TrainState:
     )
 
 
-def update_emas(emas: tuple, params, rates) -> tuple:
-    """ema <- rate * ema + (1 - rate) * params, for each rate."""
+@dataclasses.dataclass(frozen=True)
+class HalflifeEMA:
+    """EDM's EMA by half-life in images with a ramp-up (docs/methods.md section 5)."""
+
+    halflife_images: float
+    rampup_ratio: float  # 0 = no ramp-up (EDM's ema_rampup_ratio=None)
+    batch_size: int  # global batch: images per step
+
+    def beta(self, step) -> jax.Array:
+        """beta = 0.5 ^ (batch / max(min(halflife, ratio * images_seen), 1e-8)).
+
+        `step` is the number of optimizer steps taken BEFORE this update, so images_seen =
+        step * batch counts the images before the current batch, as EDM's training_loop.py
+        does (it adds the batch to cur_nimg after the EMA update); the first update therefore
+        has beta = 0 and copies the parameters.
+        """
+        images = jnp.asarray(step, jnp.float32) * self.batch_size
+        halflife = jnp.float32(self.halflife_images)
+        if self.rampup_ratio > 0:
+            halflife = jnp.minimum(halflife, self.rampup_ratio * images)
+        return 0.5 ** (self.batch_size / jnp.maximum(halflife, 1e-8))
+
+
+def halflife_ema(training_config) -> HalflifeEMA | None:
+    """config.training's half-life EMA, or None when training.ema_halflife_images is 0."""
+    t = training_config
+    if t.ema_halflife_images < 0 or t.ema_rampup_ratio < 0:
+        raise ValueError(
+            "training.ema_halflife_images and training.ema_rampup_ratio must be >= 0; "
+            "set them to 0 (off) or a positive value."
+        )
+    if t.ema_halflife_images == 0:
+        return None
+    return HalflifeEMA(float(t.ema_halflife_images), float(t.ema_rampup_ratio), t.batch_size)
+
+
+def num_emas(training_config) -> int:
+    """EMA trees in the state: one per constant rate, plus the half-life EMA when on."""
+    return len(training_config.ema_rates) + (training_config.ema_halflife_images > 0)
+
+
+def update_emas(emas: tuple, params, rates, step=0, halflife: HalflifeEMA | None = None) -> tuple:
+    """ema <- beta * ema + (1 - beta) * params for each EMA: beta = rate for the constant
+    rates, then (last entry) beta = halflife.beta(step), `step` = steps before this update."""
+    betas = tuple(rates) + ((halflife.beta(step),) if halflife is not None else ())
     return tuple(
-        jax.tree.map(lambda e, p, r=rate: r * e + (1.0 - r) * p, ema, params)
-        for ema, rate in zip(emas, rates, strict=True)
+        jax.tree.map(lambda e, p, r=beta: r * e + (1.0 - r) * p, ema, params)
+        for ema, beta in zip(emas, betas, strict=True)
     )

@@ -45,7 +45,9 @@ def make_train_step(exp: experiment.Experiment, ema_rates, seed: int):
             step=train_state.step + 1,
             params=params,
             opt_state=opt_state,
-            ema=state.update_emas(train_state.ema, params, ema_rates),
+            ema=state.update_emas(
+                train_state.ema, params, ema_rates, train_state.step, exp.ema_halflife
+            ),
             power_ema=power_ema.update(
                 train_state.power_ema, params, train_state.step + 1, exp.power_ema_gammas
             ),

@@ -56,6 +56,9 @@ def get_config(arg=None):
     m.diffusion_quantile = 0.25
     m.ot_coupling = True
     m.ot_group_size = 128  # the authors' per-GPU batch (code); any device count pairs alike
+    # 250 ln(sigma): sLCT's code (quandao10/LCT, from openai/consistency_models), as set by
+    # slct_latent_model; the iLCT baseline keeps it (docs/methods.md section 1).
+    m.noise_label = "250_log_sigma"
 
     c.optim.name = "radam"
     c.optim.learning_rate = 1e-4

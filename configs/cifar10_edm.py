@@ -1,4 +1,4 @@
-"""EDM diffusion baseline on CIFAR-10 (PAPERS.md section 5): DDPM++, Heun 18 steps.
+"""EDM diffusion baseline on CIFAR-10 (docs/methods.md section 5): DDPM++, Heun 18 steps.
 
     python launch.py --config=configs/cifar10_edm.py --workdir=gs://bucket/cifar10_edm
 
@@ -7,9 +7,10 @@ Prepare the data once (array_record: random access, exact resume), then pass
 
     tfds build cifar10 --data_dir=DIR --file_format=array_record
 
-Optimizer and schedule follow EDM's CIFAR-10 recipe: Adam 1e-3, batch 512, 200 Mimg
-(390625 steps), learning-rate warmup over 10 Mimg (19531 steps), dropout 0.13, EMA half-life
-0.5 Mimg = rate 0.5^(512/500000) = 0.99929 per step (EDM's EMA ramp-up is not modelled).
+EDM's CIFAR-10 recipe (its train.py defaults): Adam 1e-3, batch 512, 200 Mimg (390625 steps),
+learning-rate warmup over 10 Mimg (19531 steps), dropout 0.13, no dataset x-flips but EDM's
+augmentation pipeline with p = 0.12 whose 9 labels condition DDPM++ (augment_dim = 9), and the
+EMA by half-life 0.5 Mimg with ramp-up ratio 0.05, which sampling uses.
 """
 
 from configs.common import base_config
@@ -24,9 +25,9 @@ def get_config(arg=None):
     c.data.image_size = 32
     c.data.channels = 3
     c.data.num_classes = 10
-    c.data.random_flip = True
+    c.data.random_flip = False  # EDM's --xflip=False: flips come from the augmentation
 
-    # DDPM++ (PAPERS.md section 6): 55,732,739 parameters.
+    # DDPM++ (docs/methods.md section 6): 55,733,891 parameters with the augmentation layer.
     c.model.name = "unet"
     c.model.channels = 128
     c.model.channel_mult = (2, 2, 2)
@@ -38,10 +39,24 @@ def get_config(arg=None):
     c.model.encoder_type = "standard"
     c.model.resample_filter = (1, 1)
     c.model.use_labels = False
+    c.model.augment_dim = 9  # EDM's train.py with --augment > 0
 
     c.method.name = "edm"
     c.method.p_mean = -1.2
     c.method.p_std = 1.2
+    # EDM's EDMPrecond feeds ln(sigma)/4 to every network, DDPM++ included (docs/methods.md
+    # section 1; NVlabs/edm training/networks.py).
+    c.method.noise_label = "log_sigma_over_4"
+
+    # EDM's train.py: AugmentPipe(p=0.12, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1,
+    # translate_frac=1) with the pipeline's default strengths (configs/common.py).
+    c.augment.p = 0.12
+    c.augment.xflip = 1e8
+    c.augment.yflip = 1.0
+    c.augment.scale = 1.0
+    c.augment.rotate_frac = 1.0
+    c.augment.aniso = 1.0
+    c.augment.translate_frac = 1.0
 
     c.optim.name = "adam"
     c.optim.learning_rate = 1e-3
@@ -50,7 +65,11 @@ def get_config(arg=None):
 
     c.training.batch_size = 512
     c.training.num_steps = 390_625  # 200 Mimg
-    c.training.ema_rates = (0.99929,)
+    # EDM's EMA only (so it is the first EMA, which sampling and snapshots use): half-life
+    # 500 kimg, ramp-up ratio 0.05 (EDM's --ema=0.5 and ema_rampup_ratio).
+    c.training.ema_rates = ()
+    c.training.ema_halflife_images = 500_000
+    c.training.ema_rampup_ratio = 0.05
 
     c.sampling.num_samples = 50_000
     c.sampling.batch_size = 1024

@@ -44,6 +44,9 @@ def get_config(arg=None):
     c.method.p_mean = -1.1
     c.method.p_std = 2.0
     c.method.distance = "pseudo_huber"
+    # ln(sigma)/4, as EDM's preconditioning and the CIFAR-10 JAX consistency-model / ECT code
+    # feed NCSN++ (docs/methods.md section 1).
+    c.method.noise_label = "log_sigma_over_4"
 
     c.optim.name = "radam"
     c.optim.learning_rate = 1e-4

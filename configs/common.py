@@ -37,6 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.num_groups = 32
     c.model.use_labels = True  # condition on data.num_classes labels when > 0
     c.model.dtype = "float32"  # float32 | bfloat16 (compute dtype; parameters stay float32)
+    # Width of the augmentation labels (cm/augment.py) the net reads through a bias-free Dense
+    # into its noise embedding (EDM's map_augment); 0 = none. EDM's CIFAR-10 pipeline: 9.
+    c.model.augment_dim = 0
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "ict"  # ict | edm
@@ -44,6 +47,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.method.sigma_max = 80.0
     c.method.rho = 7.0
     c.method.sigma_data = 0.5
+    # c_noise fed to the network, named by its formula (cm/precond.py NOISE_LABELS; docs/methods.md
+    # section 1): log_sigma_over_4 = ln(sigma)/4 (EDM's preconditioning, every network) |
+    # 250_log_sigma = 250 ln(sigma) (openai/consistency_models and sLCT's code).
+    c.method.noise_label = "log_sigma_over_4"
     c.method.p_mean = -1.1  # iCT index distribution (EDM training uses -1.2)
     c.method.p_std = 2.0  # iCT index distribution (EDM training uses 1.2)
     c.method.s0 = 10
@@ -76,7 +83,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.training = ml_collections.ConfigDict()
     c.training.batch_size = 1024  # global, over all devices and hosts
     c.training.num_steps = 400_000
-    c.training.ema_rates = (0.99993,)
+    c.training.ema_rates = (0.99993,)  # constant per-step EMA rates, one EMA each
+    # EDM's EMA (docs/methods.md section 5), tracked after the constant ones:
+    # beta = 0.5 ^ (batch / max(min(halflife, ratio * images_seen), 1e-8)); 0 = off.
+    c.training.ema_halflife_images = 0  # EDM CIFAR-10: 500_000
+    c.training.ema_rampup_ratio = 0.05  # EDM's default; 0 = no ramp-up (EDM's None)
     c.training.log_every = 100
     c.training.checkpoint_every = 5000
     c.training.keep_checkpoints = 3
@@ -94,6 +105,24 @@ def base_config() -> ml_collections.ConfigDict:
     # the same host is detected at once by its pid).
     c.training.lock_heartbeat_seconds = 30.0
     c.training.lock_stale_seconds = 300.0
+
+    # EDM's augmentation pipeline (cm/augment.py; docs/methods.md section 5), applied to each
+    # training batch of method.name = "edm" inside the jitted step. Each transform is drawn
+    # with probability min(multiplier * p, 1) (a drawn flip flips with probability 1/2); its
+    # labels go to the net (model.augment_dim).
+    c.augment = ml_collections.ConfigDict()
+    c.augment.p = 0.0  # overall probability multiplier; 0 = off (EDM CIFAR-10: 0.12)
+    c.augment.xflip = 1e8  # x-flip multiplier (EDM's 1e8: a flip with probability 1/2 always)
+    c.augment.yflip = 1.0  # y-flip multiplier
+    c.augment.scale = 1.0  # isotropic scaling multiplier
+    c.augment.rotate_frac = 1.0  # arbitrary rotation multiplier
+    c.augment.aniso = 1.0  # anisotropic scaling multiplier
+    c.augment.translate_frac = 1.0  # fractional translation multiplier
+    c.augment.scale_std = 0.2  # log2 std of isotropic scaling
+    c.augment.rotate_frac_max = 1.0  # rotation range, 1 = full circle
+    c.augment.aniso_std = 0.2  # log2 std of anisotropic scaling
+    c.augment.aniso_rotate_prob = 0.5  # probability that the anisotropic axes are rotated
+    c.augment.translate_frac_std = 0.125  # translation std, relative to the image size
 
     c.sampling = ml_collections.ConfigDict()
     c.sampling.num_samples = 64
@@ -219,7 +248,8 @@ def slct_latent_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
     ADM on Stable Diffusion VAE latents (4 x 32 x 32): 128 channels, multipliers (1, 2, 3, 4),
     4 blocks per level, attention at 16 and 8 with 64 channels per head, dropout 0, positional
-    embedding, NsLN in place of every GroupNorm (151,325,956 parameters with GroupNorm).
+    embedding, NsLN in place of every GroupNorm (151,325,956 parameters with GroupNorm), and
+    the noise label 250 ln(sigma) of sLCT's code (quandao10/LCT, from openai/consistency_models).
     Labels follow c.model.use_labels and c.data.num_classes, which the caller sets.
     """
     c.data.image_size = 32
@@ -233,4 +263,5 @@ def slct_latent_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     c.model.dropout_max_resolution = 0
     c.model.embedding = "positional"
     c.model.norm = "nsln"
+    c.method.noise_label = "250_log_sigma"  # sLCT's code (docs/methods.md section 1)
     return c

@@ -25,6 +25,10 @@ def get_config(arg=None):
 
     c.method.name = "ict"
     c.method.s1 = 1280
+    # Our choice for the demo: 250 ln(sigma) (the PyTorch consistency-model code's label),
+    # which spreads the label over the positional sinusoids' frequencies; the demo's numbers in
+    # BENCHMARKS.md were measured with it (docs/methods.md section 1).
+    c.method.noise_label = "250_log_sigma"
 
     c.optim.learning_rate = 2e-3
     c.optim.name = "radam"

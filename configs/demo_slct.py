@@ -27,6 +27,7 @@ def get_config(arg=None):
     c.method.diffusion_weight = 5.0
     c.method.ot_coupling = True
     c.method.ot_group_size = c.training.batch_size  # 64 < the default 128: one group
+    c.method.noise_label = "250_log_sigma"  # sLCT's code's label, as the demo's (configs/demo.py)
     c.model.norm = "nsln"
     if arg == "no_cauchy":
         c.method.distance, c.method.adaptive_c = "pseudo_huber", False

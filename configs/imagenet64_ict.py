@@ -42,6 +42,9 @@ def get_config(arg=None):
     c.method.p_mean = -1.1
     c.method.p_std = 2.0
     c.method.distance = "pseudo_huber"
+    # 250 ln(sigma), as the PyTorch consistency-model code (openai/consistency_models) feeds
+    # its ImageNet 64 ADM (docs/methods.md section 1).
+    c.method.noise_label = "250_log_sigma"
 
     c.optim.name = "radam"
     c.optim.learning_rate = 1e-4

@@ -24,11 +24,25 @@ def slct(norm="nsln"):
     return c
 
 
+def _without_augment(c):
+    c.model.augment_dim = 0
+    return c
+
+
+def _with_augment(c):
+    c.model.augment_dim = 9
+    return c
+
+
 CONFIGS = {
     "cifar10_ict": (lambda: cifar10_ict.get_config(), 56_395_523),  # NCSN++
     "cifar10_ict:deep": (lambda: cifar10_ict.get_config("deep"), 97_610_499),
-    "cifar10_edm": (lambda: cifar10_edm.get_config(), 55_732_739),  # DDPM++
+    # DDPM++ with EDM's augmentation layer: 55,732,739 + 9 * 128 (bias-free map_augment).
+    "cifar10_edm": (lambda: cifar10_edm.get_config(), 55_733_891),
+    "ddpmpp": (lambda: _without_augment(cifar10_edm.get_config()), 55_732_739),
     "imagenet64_ict": (lambda: imagenet64_ict.get_config(), 295_899_267),  # ADM, conditional
+    # ADM with augment_dim 9: + 9 * 192 (EDM's DhariwalUNet(..., augment_dim=9) has 295,900,995).
+    "imagenet64_ict:augment": (lambda: _with_augment(imagenet64_ict.get_config()), 295_900_995),
     "slct_latent:group": (lambda: slct("group"), 151_325_956),
     "slct_latent:nsln": (lambda: slct("nsln"), 158_355_972),  # NsLN biases are H x W x C
 }
@@ -101,5 +115,14 @@ def test_paper_network_structure():
         1e-5,
     )
     params, _ = abstract_params_and_output("imagenet64_ict")
-    assert params["map_label"]["kernel"].shape == (1000, 768)
+    assert params["map_label"]["kernel"].shape == (1000, 768) and "map_augment" not in params
     assert params["dec_32x32_block0"]["attn"]["qkv"]["kernel"].shape == (384, 3 * 384)
+
+
+def test_augment_layer_is_a_bias_free_map_into_the_noise_embedding():
+    """EDM's map_augment: Linear(augment_dim, noise channels, bias=False) for both U-Nets."""
+    ddpmpp, _ = abstract_params_and_output("cifar10_edm")
+    assert set(ddpmpp["map_augment"]) == {"kernel"}
+    assert ddpmpp["map_augment"]["kernel"].shape == (9, 128)  # noise embedding: 128 channels
+    adm, _ = abstract_params_and_output("imagenet64_ict:augment")
+    assert set(adm["map_augment"]) == {"kernel"} and adm["map_augment"]["kernel"].shape == (9, 192)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cm import losses, objectives, schedules
+from cm import augment, losses, objectives, schedules
 
 ICT = dict(
     total_steps=400_000,
@@ -132,6 +132,38 @@ def test_edm_loss_value_with_zero_network():
     w = (s**2 + 0.25) / (s * 0.5) ** 2
     x = np.asarray(batch["image"], np.float64)
     np.testing.assert_allclose(loss, np.mean(w * np.mean(x**2, axis=(1, 2, 3))), rtol=1e-4)
+
+
+def test_edm_loss_with_augmentation_targets_the_augmented_batch():
+    """With augmentation on, the network sees y + s n and its labels, and the target is y:
+    y and the labels replayed from fold_in(rng, AUGMENT_TAG); sigma and n as without it."""
+    calls = []
+
+    def zero(params, x, sigma, labels, train, rng, augment_labels=None):
+        calls.append((np.asarray(x), augment_labels))
+        return jnp.zeros_like(x)
+
+    s = augment.Settings(p=1, xflip=1, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
+    batch, rng = _batch(), jax.random.key(12)
+    kw = dict(p_mean=-1.2, p_std=1.2, sigma_data=0.5)
+    loss, _ = objectives.edm_loss(zero, {}, batch, rng, 0, augment_settings=s, **kw)
+    key = jax.random.fold_in(rng, augment.AUGMENT_TAG)
+    y, labels = augment.augment(key, batch["image"], s)
+    k_sigma, k_noise, _ = jax.random.split(rng, 3)
+    s64 = np.exp(-1.2 + 1.2 * np.asarray(jax.random.normal(k_sigma, (6,)), np.float64))
+    n = np.asarray(jax.random.normal(k_noise, y.shape))
+    ((seen, seen_labels),) = calls
+    np.testing.assert_allclose(seen, np.asarray(y) + s64[:, None, None, None] * n, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(seen_labels), labels)
+    assert labels.shape == (6, 9) and np.abs(np.asarray(y) - np.asarray(batch["image"])).max() > 0
+    w = (s64**2 + 0.25) / (s64 * 0.5) ** 2
+    y64 = np.asarray(y, np.float64)
+    np.testing.assert_allclose(loss, np.mean(w * np.mean(y64**2, axis=(1, 2, 3))), rtol=1e-4)
+    # p = 0: no augmentation and no labels: the plain loss.
+    calls.clear()
+    off, _ = objectives.edm_loss(zero, {}, batch, rng, 0, augment_settings=augment.Settings(), **kw)
+    plain, _ = objectives.edm_loss(zero, {}, batch, rng, 0, **kw)
+    assert float(off) == float(plain) and calls[0][1] is None
 
 
 def test_unknown_method_is_one_sentence():

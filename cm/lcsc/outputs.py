@@ -27,7 +27,7 @@ def write_merged(config, exp, params, coefficients, step: int, path):
     ckpt = Checkpointer(str(path), 1)
     if ckpt.latest_step() != step:
         t = config.training
-        make = lambda p: state.create(p, exp.tx, len(t.ema_rates), len(t.power_ema_stds))  # noqa: E731
+        make = lambda p: state.create(p, exp.tx, state.num_emas(t), len(t.power_ema_stds))  # noqa: E731
         train_state = jax.jit(make, out_shardings=exp.replicated)(params)
         ckpt.save(step, train_state.replace(step=jnp.asarray(step, jnp.int32)))
     ckpt.close()

@@ -25,7 +25,7 @@ import json
 import jax
 import numpy as np
 
-from cm import experiment, fileio
+from cm import experiment, fileio, state
 from cm.lcsc import baselines, candidates, merge, outputs, report, search, search_state, snapshots
 from cm.lcsc.candidates import LCSC, SINGLE, Candidate
 from cm.lcsc.fitness import Fitness
@@ -156,7 +156,7 @@ def _lcsc(config, workdir: str, exp, stream) -> dict:
     result = _search(lc, members, baseline_candidates, values, ev, st, state_path)
     found = found_for(result, members)
     values.update({"lcsc": result.value, "lcsc_search": result.search_value})
-    finals = baselines.finals(steps[-1], len(config.training.ema_rates))
+    finals = baselines.finals(steps[-1], state.num_emas(config.training))
     scored = candidates.best_per_family(baseline_candidates, values) + found + finals
     rows = {c.name: {"search": values.get(c.name), **ev.heldout(c)} for c in scored}
     rep = report.build(lc, ev.fitness.key, steps, rows)

@@ -1,6 +1,6 @@
 """The parameter stream of a run (<workdir>/snapshots/<step>), one member at a time.
 
-A snapshot holds {"params": online, "ema": (one per training.ema_rates), "power_ema": (one per
+A snapshot holds {"params": online, "ema": (state.num_emas), "power_ema": (one per
 training.power_ema_stds, when tracked)}. A member names one tree in it: ("params",),
 ("ema", i) or ("power_ema", j). Only the requested member is read from disk, so no more than
 one parameter tree of one snapshot sits in host memory per call.
@@ -9,7 +9,7 @@ one parameter tree of one snapshot sits in host memory per call.
 import jax
 import orbax.checkpoint as ocp
 
-from cm import experiment, fileio
+from cm import experiment, fileio, state
 
 ONLINE = ("params",)
 
@@ -50,7 +50,7 @@ class SnapshotStream:
         )
         self._skip = jax.tree.map(lambda s: ocp.PLACEHOLDER, shapes)
         self._counts = {
-            "ema": len(config.training.ema_rates),
+            "ema": state.num_emas(config.training),
             "power_ema": len(config.training.power_ema_stds),
         }
         self.workdir = workdir

@@ -49,6 +49,7 @@ def _fields(config) -> dict:
         norm=m.norm,
         num_groups=m.num_groups,
         num_classes=_num_classes(config),
+        augment_dim=m.augment_dim,
         dtype=_dtype(m.dtype),
     )
 
@@ -62,7 +63,8 @@ MODELS = {
 def build_model(config):
     """The Flax module named by config.model.name, configured from config.model and config.data.
 
-    Call it as `model.apply({"params": p}, x, c_noise, labels, train=..., rngs={"dropout": k})`.
+    Call it as `model.apply({"params": p}, x, c_noise, labels, train=..., rngs={"dropout": k})`
+    (and `augment_labels=` [B, model.augment_dim] in augmented training).
     """
     name = config.model.name
     if name not in MODELS:

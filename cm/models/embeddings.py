@@ -29,7 +29,7 @@ def positional_embedding(x, num_channels: int, endpoint: bool = True, cos_first:
     Frequencies (1 / MAX_POSITIONS)^(i / (C/2 - endpoint)), i < C/2: with `endpoint` (DDPM++)
     the last one is exactly 1 / MAX_POSITIONS, without it (ADM) one step above. EDM's SongUNet
     swaps its features to (sin, cos); its DhariwalUNet (ADM) keeps (cos, sin), as guided-diffusion
-    does. The caller passes c_noise = 250 ln(sigma).
+    does. The noise label (ln(sigma)/4 or 250 ln(sigma)) is config.method.noise_label's.
     """
     half = num_channels // 2
     freqs = (1.0 / MAX_POSITIONS) ** (np.arange(half) / max(half - int(endpoint), 1))  # [C/2]
@@ -44,7 +44,7 @@ def fourier_embedding(x, num_channels: int, scale: float, seed: int):
     The frequencies are frozen: drawn with numpy from `seed` when the function is traced, so they
     are compile-time constants, identical for every init key and never in the parameters (EDM
     keeps them in a buffer; score_sde's flax NCSN++ keeps them as a stop-gradient parameter 'W',
-    which adds num_channels / 2 to its count). The caller passes c_noise = 0.25 ln(sigma).
+    which adds num_channels / 2 to its count). The noise label is config.method.noise_label's.
     """
     freqs = np.random.RandomState(seed).randn(num_channels // 2) * scale  # [C/2]
     x = x[:, None] * jnp.asarray(2 * np.pi * freqs, jnp.float32)[None, :]  # [B, C/2]

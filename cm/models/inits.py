@@ -5,10 +5,11 @@ EDM's networks.py initializes its two U-Nets differently, and so do we (`UNet.in
   song  (SongUNet: DDPM++ / NCSN++; the same as score_sde's NCSN++ with init_scale=0)
         weights Xavier-uniform, biases zero; the layers that close a residual branch (the second
         conv of a block, the attention output, the output conv) Xavier * 1e-5; the attention
-        q/k/v projection Xavier * sqrt(0.2); the class embedding a Xavier layer with a bias.
+        q/k/v projection Xavier * sqrt(0.2); the class embedding a Xavier layer with a bias;
+        the augmentation-label layer Xavier without a bias.
   adm   (DhariwalUNet = guided-diffusion's ADM): PyTorch's default, weights and biases uniform
         in +-1/sqrt(fan_in); the branch-closing layers exactly zero; the class embedding
-        N(0, 1) without bias (an embedding table).
+        N(0, 1) without bias (an embedding table); the augmentation-label layer zero, no bias.
 
 Layers are built with `dense` / `conv` below, which need the input width to set the fan-in
 biases of the adm scheme (a Flax bias initializer only sees the bias shape).
@@ -52,6 +53,7 @@ class InitScheme:
     fan_in_bias: bool  # True: biases of default/attn layers are U(+-1/sqrt(fan_in))
     label_kernel: Initializer  # class embedding (input: one-hot labels)
     label_bias: bool
+    augment_kernel: Initializer  # augmentation labels -> noise embedding (EDM's map_augment)
 
     def kernel(self, role: str) -> Initializer:
         if role not in ROLES:
@@ -74,6 +76,7 @@ INITS = {
         fan_in_bias=False,
         label_kernel=_xavier(1.0),
         label_bias=True,
+        augment_kernel=_xavier(1.0),
     ),
     "adm": InitScheme(
         kernels={
@@ -84,6 +87,7 @@ INITS = {
         fan_in_bias=True,
         label_kernel=nn.initializers.normal(1.0),
         label_bias=False,
+        augment_kernel=nn.initializers.zeros,
     ),
 }
 
@@ -142,5 +146,16 @@ def label_embedding(init: str, features: int, *, name: str):
         use_bias=s.label_bias,
         param_dtype=jnp.float32,
         kernel_init=s.label_kernel,
+        name=name,
+    )
+
+
+def augment_embedding(init: str, features: int, *, name: str):
+    """The bias-free layer from augmentation labels (float32) into the noise embedding."""
+    return nn.Dense(
+        features,
+        use_bias=False,
+        param_dtype=jnp.float32,
+        kernel_init=scheme(init).augment_kernel,
         name=name,
     )

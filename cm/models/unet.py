@@ -9,8 +9,9 @@ blocks (the first with attention), then per level `num_blocks + 1` blocks that e
 one encoder skip, with an upsampling block between levels. Output: norm, SiLU, 3x3 conv with
 the branch-closing init, so a fresh network outputs (nearly, or for ADM exactly) zero.
 
-Conditioning: noise embedding (+ class label) -> mapping network (embeddings.MAPPINGS) ->
-added to (or scaling/shifting) the features inside every residual block.
+Conditioning: noise embedding (+ augmentation labels through a bias-free layer, EDM's
+map_augment) (+ class label) -> mapping network (embeddings.MAPPINGS) -> added to (or
+scaling/shifting) the features inside every residual block.
 
 The defaults are EDM's SongUNet (DDPM++ with the positional embedding; NCSN++ needs
 embedding="fourier", noise_mult=2, encoder_type="residual", resample_filter=(1, 3, 3, 1)).
@@ -60,6 +61,7 @@ class UNet(nn.Module):
     num_groups: int = 32
     norm_eps: float = 1e-6  # SongUNet 1e-6, ADM 1e-5
     num_classes: int = 0  # 0 = unconditional
+    augment_dim: int = 0  # width of the augmentation labels (cm/augment.py); 0 = none
     head_channels: int = 0  # attention heads = max(1, C // head_channels); <= 0: one head
     emb_mult: int = 4  # conditioning embedding width = emb_mult * channels
     noise_mult: int = 1  # noise embedding width = noise_mult * channels (NCSN++ uses 2)
@@ -85,8 +87,9 @@ class UNet(nn.Module):
                 )
         super().__post_init__()
 
-    def _embed(self, noise_labels, class_labels, batch: int):
-        """[B] noise labels (+ [B] class labels) -> [B, emb_mult * channels] in `dtype`."""
+    def _embed(self, noise_labels, class_labels, augment_labels, batch: int):
+        """[B] noise labels (+ [B] class labels, [B, augment_dim] augmentation labels) ->
+        [B, emb_mult * channels] in `dtype`."""
         noise_labels = jnp.broadcast_to(
             jnp.asarray(noise_labels, jnp.float32).reshape(-1), (batch,)
         )
@@ -99,6 +102,11 @@ class UNet(nn.Module):
             self.positional_cos_first,
             name="map_noise",
         )(noise_labels)  # [B, noise_mult * channels] float32
+        if self.augment_dim:
+            if augment_labels is None:  # not augmented (sampling): zero labels
+                augment_labels = jnp.zeros((batch, self.augment_dim), jnp.float32)
+            layer = inits.augment_embedding(self.init_scheme, noise.shape[-1], name="map_augment")
+            noise = noise + layer(jnp.asarray(augment_labels, jnp.float32))
         onehot = None
         if self.num_classes:
             if class_labels is None:
@@ -130,14 +138,15 @@ class UNet(nn.Module):
         return self._conv(features, aux.shape[-1], "default", name, strides=2, padding="VALID")(aux)
 
     @nn.compact
-    def __call__(self, x, noise_labels, class_labels=None, *, train: bool):
+    def __call__(self, x, noise_labels, class_labels=None, augment_labels=None, *, train: bool):
         """x: [B, H, W, C]; noise_labels: [B] (c_noise, or a scalar for all); class_labels: [B]
-        int or None (ignored by an unconditional net). Returns [B, H, W, out_channels] float32."""
+        int or None (ignored by an unconditional net); augment_labels: [B, augment_dim] or None
+        (zeros). Returns [B, H, W, out_channels] float32."""
         B, H, W, _ = x.shape
         levels = len(self.channel_mult)
         if H % 2 ** (levels - 1) or W % 2 ** (levels - 1):
             raise ValueError(f"Image size {H}x{W} must be divisible by 2^{levels - 1}.")
-        emb = self._embed(noise_labels, class_labels, B)
+        emb = self._embed(noise_labels, class_labels, augment_labels, B)
         block = functools.partial(
             ResBlock,
             skip_scale=self.skip_scale,
