@@ -6,7 +6,7 @@ One .npz holds
   mean     float32 [h, w, c]     per-element mean of `latents` over the dataset
   std      float32 [h, w, c]     per-element standard deviation (ddof 0) of `latents`
   scale_factor, num_classes      scalars; num_classes of the image dataset
-Training sees x = (latents - mean) / std * latent_std (sLCT: std 0.5, PAPERS.md section 3);
+Training sees x = (latents - mean) / std * latent_std (sLCT: std 0.5, docs/methods.md section 3);
 decoding undoes both steps (`unstandardize`, then division by scale_factor).
 """
 

@@ -1,4 +1,4 @@
-"""Latent space (sLCT, PAPERS.md section 3): the VAE pieces a latent run uses.
+"""Latent space (sLCT, docs/methods.md section 3): the VAE pieces a latent run uses.
 
 `make_encoder`: images -> scale_factor * one posterior sample (image i draws its noise from
 key i of the "vae_posterior" stream of vae.seed, cm/keys.py, so latents do not depend on the

@@ -76,7 +76,7 @@ def _progress_printer(name: str):
 
 
 def lcsc(config, workdir: str):
-    """Searches a linear combination of the run's snapshots (PAPERS.md section 4) and compares
+    """Searches a linear combination of the run's snapshots (docs/methods.md section 4) and compares
     it with the final EMA and the baselines on held-out seeds -> <workdir>/<lcsc.name>/."""
     return lcsc_run.lcsc(config, workdir)
 

@@ -38,7 +38,7 @@ def ict_loss(
     sigma_data: float = 0.5,
     noise_from_batch: bool = False,
 ):
-    """iCT loss (PAPERS.md section 2): batch mean of lambda(sigma_i) d(f_student, f_teacher).
+    """iCT loss (docs/methods.md section 2): batch mean of lambda(sigma_i) d(f_student, f_teacher).
 
     One z per sample; the student sees x + sigma_{i+1} z, the teacher (same parameters under
     stop_gradient, same dropout key, training mode) sees x + sigma_i z.

@@ -63,7 +63,7 @@ def ct_weight(sigma_lo, sigma_hi):
 
 
 def slct_cauchy_c(num_scales, s0: int, first_stage_c: float, log_slope: float, log_offset: float):
-    """sLCT's adaptive Cauchy c(N) (PAPERS.md section 3).
+    """sLCT's adaptive Cauchy c(N) (docs/methods.md section 3).
 
     First curriculum stage (N <= s0 + 1): the fixed `first_stage_c` (0.00054 sqrt(d));
     afterwards c(N) = exp(log_slope * ln(N - 1) + log_offset), i.e. exp(-1.15 ln(N-1) - 0.85).

@@ -1,4 +1,4 @@
-"""iCT on CIFAR-10 (PAPERS.md section 2): NCSN++, batch 1024, 400k steps, RAdam 1e-4.
+"""iCT on CIFAR-10 (docs/methods.md section 2): NCSN++, batch 1024, 400k steps, RAdam 1e-4.
 
     python launch.py --config=configs/cifar10_ict.py --workdir=gs://bucket/cifar10_ict
     python launch.py --config=configs/cifar10_ict.py:deep --workdir=...   # iCT-deep
@@ -24,7 +24,7 @@ def get_config(arg=None):
     c.data.num_classes = 10
     c.data.random_flip = True
 
-    # NCSN++ (PAPERS.md section 6): 56,395,523 parameters; deep: 97,610,499.
+    # NCSN++ (docs/methods.md section 6): 56,395,523 parameters; deep: 97,610,499.
     c.model.name = "unet"
     c.model.channels = 128
     c.model.channel_mult = (2, 2, 2)

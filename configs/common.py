@@ -4,7 +4,7 @@ import ml_collections
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Every field any part of `cm` reads, at its paper default (PAPERS.md sections 1, 2, 5)."""
+    """Every field any part of `cm` reads, at its paper default (docs/methods.md, 1, 2, 5)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
 
@@ -18,7 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.channels = 1
     c.data.num_classes = 10  # 0 = no labels
     c.data.random_flip = False
-    c.data.latent_std = 0.5  # latents: standardized per element to this std (PAPERS.md section 3)
+    c.data.latent_std = 0.5  # latents: standardized per element to this std (methods.md 3)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "unet"  # unet (DDPM++ / NCSN++) | adm (keys of cm.models.MODELS)
@@ -57,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.method.s1 = 1280
     c.method.distance = "pseudo_huber"  # pseudo_huber | l2 | cauchy
     c.method.huber_c_factor = 0.00054  # c = factor * sqrt(d)
-    # sLCT switches (PAPERS.md section 3); the defaults are plain iCT.
+    # sLCT switches (docs/methods.md section 3); the defaults are plain iCT.
     c.method.adaptive_c = False  # c(N) = exp(slope ln(N - 1) + offset) after the first stage
     c.method.adaptive_c_log_slope = -1.15
     c.method.adaptive_c_log_offset = -0.85
@@ -136,7 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.params = "ema"  # ema | online
     c.sampling.seed = 1
 
-    # --mode=eval, --mode=fid_stats and periodic evaluation in training (PAPERS.md section 7).
+    # --mode=eval, --mode=fid_stats and periodic evaluation in training (docs/methods.md section 7).
     c.eval = ml_collections.ConfigDict()
     # Comma-separated: inception (FID, IS, precision/recall), digits (classifier features).
     # "" = digits on the digits data, inception otherwise.
@@ -154,7 +154,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.every = 0  # training steps between periodic evaluations; 0 = off
     c.eval.train_num_samples = 5000  # samples per sampler in a periodic evaluation
 
-    # --mode=lcsc (PAPERS.md section 4): search for a linear combination of the snapshots in
+    # --mode=lcsc (docs/methods.md section 4): search for a linear combination of the snapshots in
     # <workdir>/snapshots, with EMA / power-EMA / uniform / greedy-soup baselines; outputs in
     # <workdir>/<lcsc.name>/. The paper's authors released no search code: these are ours.
     c.lcsc = ml_collections.ConfigDict()
@@ -198,8 +198,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.lcsc.posthoc_stds = (0.05, 0.075, 0.10, 0.15)  # baseline: EDM2 post-hoc sigma_rel targets
     c.lcsc.greedy_soup = True  # baseline: greedy soup (2 K fitness evaluations)
 
-    # Latent space (PAPERS.md section 3): the Stable Diffusion VAE, used by --mode=encode and to
-    # decode samples when data.name = "latents". Architecture fields: diffusers' AutoencoderKL.
+    # Latent space (docs/methods.md section 3): the Stable Diffusion VAE, used by --mode=encode
+    # and to decode samples when data.name = "latents". Architecture fields: diffusers'
+    # AutoencoderKL.
     c.vae = ml_collections.ConfigDict()
     # diffusers-format weights: vae/diffusion_pytorch_model.safetensors of stabilityai/sd-vae-ft-mse
     c.vae.weights_path = "~/.cache/cm/sd-vae-ft-mse/diffusion_pytorch_model.safetensors"
@@ -244,7 +245,7 @@ def latent_data(c: ml_collections.ConfigDict, latents_path: str) -> ml_collectio
 
 
 def slct_latent_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Sets `c` to sLCT's latent network (PAPERS.md section 3) and returns it.
+    """Sets `c` to sLCT's latent network (docs/methods.md section 3) and returns it.
 
     ADM on Stable Diffusion VAE latents (4 x 32 x 32): 128 channels, multipliers (1, 2, 3, 4),
     4 blocks per level, attention at 16 and 8 with 64 channels per head, dropout 0, positional

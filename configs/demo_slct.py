@@ -1,4 +1,4 @@
-"""CPU demo of the sLCT recipe on pixels (PAPERS.md section 3) and its ablations, 8x8 digits.
+"""CPU demo of the sLCT recipe on pixels (docs/methods.md section 3) and its ablations, 8x8 digits.
 
 The demo (configs/demo.py) with sLCT's objective and network switches: Cauchy distance with
 the adaptive c(N), the low-noise diffusion loss (factor 5), OT coupling over the whole batch of

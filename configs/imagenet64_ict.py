@@ -1,4 +1,4 @@
-"""iCT on class-conditional ImageNet 64x64 (PAPERS.md section 2): ADM, batch 4096, 800k steps.
+"""iCT on class-conditional ImageNet 64x64 (docs/methods.md section 2): ADM, batch 4096, 800k steps.
 
     python launch.py --config=configs/imagenet64_ict.py --workdir=gs://bucket/imagenet64_ict
 
@@ -7,7 +7,7 @@ gives random access, so resuming is exact), then pass --config.data.tfds_dir=DIR
 
     tfds build imagenet_resized/64x64 --data_dir=DIR --file_format=array_record
 
-Values marked (unverified) come from secondary sources (PAPERS.md); optimizer and curriculum
+Values marked (unverified) come from secondary sources (docs/methods.md); optimizer and curriculum
 are the CIFAR-10 ones.
 """
 
@@ -25,7 +25,7 @@ def get_config(arg=None):
     c.data.num_classes = 1000
     c.data.random_flip = True  # (unverified) guided-diffusion's loader default
 
-    # ADM (EDM's DhariwalUNet, PAPERS.md section 6): 295,899,267 parameters.
+    # ADM (EDM's DhariwalUNet, docs/methods.md section 6): 295,899,267 parameters.
     c.model.name = "adm"
     c.model.channels = 192
     c.model.channel_mult = (1, 2, 3, 4)

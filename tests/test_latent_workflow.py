@@ -13,7 +13,7 @@ from cm.models import vae, vae_weights
 from configs.common import latent_data as latent_config
 
 NUM_IMAGES = 12
-SCALE = 0.18215  # PAPERS.md section 3
+SCALE = 0.18215  # docs/methods.md section 3
 
 
 def _config(tmp_path):

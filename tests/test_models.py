@@ -158,7 +158,8 @@ def test_nsln_invariance_bias_and_gradient():
 
 
 def test_nsln_eps_is_the_papers_in_every_network():
-    """NsLN divides by sqrt(var + 1e-5) (PAPERS.md section 3), also inside SongUNet (eps 1e-6)."""
+    """NsLN divides by sqrt(var + 1e-5) (docs/methods.md section 3), also inside SongUNet
+    (eps 1e-6)."""
     x = jnp.asarray([1e-3, -1e-3] * 8, jnp.float32).reshape(1, 2, 2, 4)  # var 1e-6 ~ eps
     norm = make_norm("nsln", 4, 1, 1e-6, jnp.float32, "n")
     y = norm.apply(norm.init(key(0), x), x)

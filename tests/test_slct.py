@@ -1,4 +1,4 @@
-"""sLCT (PAPERS.md section 3): Cauchy distance, adaptive c(N), low-noise diffusion loss, OT
+"""sLCT (docs/methods.md section 3): Cauchy distance, adaptive c(N), low-noise diffusion loss, OT
 coupling and their wiring into the iCT objective, the training loop and the configs."""
 
 import itertools

@@ -14,7 +14,8 @@ ZEROS: Initializer = nn.initializers.zeros
 MIN_CHANNELS_PER_GROUP = 4  # EDM's GroupNorm: num_groups = min(num_groups, channels // 4)
 
 
-NSLN_EPS = 1e-5  # sLCT's NsLN (PAPERS.md section 3), whatever eps the host network's GroupNorms use
+# sLCT's NsLN (docs/methods.md section 3), whatever eps the host network's GroupNorms use.
+NSLN_EPS = 1e-5
 
 
 class NsLayerNorm(nn.Module):
