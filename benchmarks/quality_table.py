@@ -137,12 +137,14 @@ def markdown(rows: list[dict], eval_samples: int) -> str:
 def protocol(eval_samples: int, seeds) -> str:
     """The sentence that says what the numbers are, printed above the table."""
     few = len(seeds) < 3
+    matched = min(eval_samples, DIGITS_TEST_SIZE)
     return (
         f"Digits metric (cm/evaluation/digits_metric.py) on {eval_samples} samples per sampler "
-        f"from the EMA parameters at the final step; mean ± sample std (ddof=1) over training "
-        f"seeds {', '.join(map(str, seeds))} (config.seed; sampling.seed is the config's, the "
-        f"same for every run). FD ({DIGITS_TEST_SIZE}, matched) uses the first "
-        f"{DIGITS_TEST_SIZE} samples, as many as the held-out test split of the first row. "
+        "of the final checkpoint (sampling.params: EMA by default); mean ± sample std "
+        f"(ddof=1) over training seeds {', '.join(map(str, seeds))} (config.seed; "
+        "sampling.seed is the config's, the same for every run). "
+        f"FD ({matched}, matched) uses the first {matched} samples "
+        f"(the held-out test split of the first row has {DIGITS_TEST_SIZE}). "
         "Wall times: mean seconds per seed on this machine."
         + (" Fewer than 3 seeds: not a quality measurement (BENCHMARKS.md)." if few else "")
     )
