@@ -68,7 +68,9 @@ def parse_args(argv):
     )
     parser.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a list (0,1,2)")
     parser.add_argument("--workdir_root", default="runs/quality", help="<root>/<name>/seed<k>")
-    parser.add_argument("--eval_samples", type=int, default=DEFAULT_EVAL_SAMPLES)
+    parser.add_argument(
+        "--eval_samples", type=int, default=DEFAULT_EVAL_SAMPLES, help="samples per sampler"
+    )
     parser.add_argument(
         "--report_only", action="store_true", help="train nothing; the table of finished jobs"
     )
