@@ -273,7 +273,7 @@ def test_full_disk_is_one_line_and_the_same_command_resumes(small_disk):
     assert "Traceback" not in full.stderr, full.stderr[-3000:]
     last = full.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the storage of") and "rerun the same command" in last
-    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert 30 in Checkpointer(str(small_disk / "w"), 3).all_steps()

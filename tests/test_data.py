@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cm import data
+from cm import data, keys
 from configs.common import base_config
 
 
@@ -57,8 +57,8 @@ def test_global_batch_indices_deterministic_and_epochwise():
 
 
 def test_global_batch_indices_straddles_epochs():
-    perm0 = np.random.default_rng((3, 0)).permutation(10)
-    perm1 = np.random.default_rng((3, 1)).permutation(10)
+    perm0 = np.random.default_rng(keys.numpy_seed(3, "epoch_permutation", 0)).permutation(10)
+    perm1 = np.random.default_rng(keys.numpy_seed(3, "epoch_permutation", 1)).permutation(10)
     # Step 2 with batch 4 is stream positions 8..11: the end of epoch 0 and the start of epoch 1.
     np.testing.assert_array_equal(
         data.global_batch_indices(2, 4, 10, seed=3), np.concatenate([perm0[8:], perm1[:2]])

@@ -30,6 +30,7 @@ def _pytorch_fid_inception_module():
         assert spec is not None, "pip install --no-deps -r requirements-reference.txt"
         package = types.ModuleType("torchvision")
         package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec  # diffusers' find_spec("torchvision") in the same worker needs it
         sys.modules["torchvision"] = package
         package.__version__ = importlib.import_module("torchvision.version").__version__
     return importlib.import_module("pytorch_fid.inception")

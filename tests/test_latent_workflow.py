@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from cm import encode, experiment, latent_data, latents, modes
+from cm import encode, experiment, keys, latent_data, latents, modes
 from cm.models import vae, vae_weights
 from configs.common import latent_data as latent_config
 
@@ -70,16 +70,19 @@ def _write_inputs(c):
 
 
 def _expected_latents(c, images):
-    """scale * (mean + exp(logvar / 2) * noise_i), noise_i from fold_in(key(seed), i), computed
+    """scale * (mean + exp(logvar / 2) * noise_i), noise_i from key i of the "vae_posterior"
+    stream of vae.seed (cm/keys.py), computed
     on all images at once (encode works in padded batches of 8 over 4 devices)."""
     cfg = latents.model_config(c)
     params = vae_weights.load(c.vae.weights_path, cfg)
     x = images.astype(np.float32) / 127.5 - 1.0
     apply = jax.jit(lambda p, x: vae.AutoencoderKL(cfg).apply({"params": p}, x, method="encode"))
     mean, logvar = apply(params, x)
-    key = jax.random.key(c.vae.seed)
     noise = np.stack(
-        [jax.random.normal(jax.random.fold_in(key, i), mean.shape[1:]) for i in range(len(x))]
+        [
+            jax.random.normal(keys.indexed(c.vae.seed, "vae_posterior", i), mean.shape[1:])
+            for i in range(len(x))
+        ]
     )
     return SCALE * (np.asarray(mean) + np.exp(0.5 * np.asarray(logvar)) * noise)
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cm import coupling, losses, objectives, schedules
+from cm import coupling, keys, losses, objectives, schedules
 from tests.helpers import tiny_config
 
 SD, SMIN, SMAX, RHO = 0.5, 0.002, 80.0, 7.0
@@ -324,7 +324,7 @@ def test_ot_train_step_gives_the_same_numbers_on_1_and_4_devices():
                 batch["noise"][4 * k : 4 * k + 4], z[coupling.ot_permutation(rows, z)]
             )
         params = {"w": jnp.float32(0.3)}
-        want, _ = exp.loss_fn(params, batch, jax.random.fold_in(jax.random.key(c.seed), 0), 0)
+        want, _ = exp.loss_fn(params, batch, keys.indexed(c.seed, "train", 0), 0)
         start = jax.device_put(state.create(params, exp.tx, 1), exp.replicated)  # donated
         step_fn = train.make_train_step(exp, (0.999,), c.seed)
         new, metrics = step_fn(start, train.global_batch(batch, exp))
