@@ -75,16 +75,19 @@ def _truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-def _flip_bytes(path):
-    data = bytearray(path.read_bytes())
-    for i in range(len(data) // 3, len(data) // 3 + 8):
-        data[i] ^= 0xFF
-    path.write_bytes(bytes(data))
+def _flip_bytes(root, step):
+    """Flips one byte in every 16 of every data file of the step, so that whatever the layout
+    of the files, stored values (or the structures that locate them) change."""
+    for path in (p for p in _files(root, step) if "/d/" in str(p)):
+        data = bytearray(path.read_bytes())
+        for i in range(0, len(data), 16):
+            data[i] ^= 0xFF
+        path.write_bytes(bytes(data))
 
 
 DAMAGE = {
     "truncated data file": lambda root: _truncate(_largest_data_file(root, 2)),
-    "flipped bytes in a data file": lambda root: _flip_bytes(_largest_data_file(root, 2)),
+    "flipped bytes in the data files": lambda root: _flip_bytes(root, 2),
     "missing _METADATA": lambda root: (root / "checkpoints/2/default/_METADATA").unlink(),
     "content differs from its digest": lambda root: fileio.write_json_atomic(
         root / "digests" / "2.json", {"sha256": "0" * 64}
@@ -239,11 +242,13 @@ def test_second_process_is_refused_and_a_killed_owner_is_taken_over(tmp_path):
     finally:
         owner.send_signal(signal.SIGKILL)
         owner.wait()
-    again = launch_cmd(workdir, "--config.training.num_steps=6", steps[1])
+    target = max(Checkpointer(str(workdir), 3).all_steps()) + 2
+    again = launch_cmd(workdir, f"--config.training.num_steps={target}", steps[1])
     resumed = subprocess.run(again, env=env, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Taking over the stale lock" in resumed.stderr
-    assert 6 in Checkpointer(str(workdir), 3).all_steps()
+    assert f"Resumed from step {target - 2}" in resumed.stderr
+    assert target in Checkpointer(str(workdir), 3).all_steps()
 
 
 @pytest.fixture
