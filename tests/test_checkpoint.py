@@ -140,6 +140,7 @@ def test_read_only_modes_create_nothing(tmp_path):
     assert not missing.exists() and list(empty.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_config_json_is_written_once_and_later_starts_are_recorded(tmp_path):
     c = tiny_config()
     c.training.num_steps = 2
@@ -165,6 +166,7 @@ def test_unreadable_config_json_is_one_sentence(tmp_path):
         run_record.check(str(tmp_path), tiny_config().to_dict())
 
 
+@pytest.mark.slow
 def test_nan_before_any_checkpoint_says_nothing_can_be_resumed(tmp_path):
     c = tiny_config()
     c.optim.learning_rate = float("nan")

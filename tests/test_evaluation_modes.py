@@ -17,6 +17,8 @@ from cm import modes, train
 from cm.evaluation import inception, reference_stats
 from cm.evaluation import run as evaluation
 
+pytestmark = pytest.mark.slow  # trains or launches processes
+
 
 def _random_weights_npz(path: str) -> str:
     """Random FID Inception weights under pytorch-fid's names and layouts (numpy, instant):

@@ -172,6 +172,7 @@ def test_equals_torch_in_float64(net_and_weights):
     assert max(diffs.values()) < 1e-9 * max(np.abs(pool).max(), 1.0), diffs
 
 
+@pytest.mark.slow
 def test_equals_torch_at_299_in_float32(tmp_path):
     """The protocol's path in float32: a uint8 32x32 image, our TF1 resize to 299, both nets."""
     u8 = np.random.default_rng(2).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)

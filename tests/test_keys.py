@@ -3,6 +3,7 @@
 import itertools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from cm import keys
@@ -15,11 +16,12 @@ def _data(key) -> bytes:
 def test_streams_differ_from_each_other_and_from_every_index_of_the_others():
     """The collisions the tags remove: fold_in(key(seed), 0x1417) (the old init key) was the
     training key of step 5143, and image i's posterior key was the training key of step i."""
-    seed, indices = 0, range(6000)
+    seed, indices = 0, jnp.arange(6000)
     seen = {}
     for name in keys.JAX_STREAMS:
-        for key in [keys.stream(seed, name)] + [keys.indexed(seed, name, i) for i in indices]:
-            data = _data(key)
+        indexed = jax.vmap(lambda i, name=name: jax.random.key_data(keys.indexed(seed, name, i)))
+        rows = np.asarray(indexed(indices))  # [6000, key words]
+        for data in [_data(keys.stream(seed, name))] + [row.tobytes() for row in rows]:
             assert data not in seen, (name, seen.get(data))
             seen[data] = name
     assert len(seen) == len(keys.JAX_STREAMS) * (len(indices) + 1)

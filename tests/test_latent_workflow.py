@@ -12,6 +12,8 @@ from cm import encode, experiment, keys, latent_data, latents, modes
 from cm.models import vae, vae_weights
 from configs.common import latent_data as latent_config
 
+pytestmark = pytest.mark.slow  # trains or launches processes
+
 NUM_IMAGES = 12
 SCALE = 0.18215  # docs/methods.md section 3
 

@@ -362,6 +362,7 @@ def _state(workdir):
     return search_state.from_json(fileio.read_text(path), str(path))
 
 
+@pytest.mark.slow
 def test_lcsc_mode_outputs_resume_and_merged_checkpoint(run, monkeypatch):
     c, workdir = run
     out_dir = fileio.path(workdir) / "lcsc"

@@ -339,6 +339,7 @@ def test_unconditional_net_ignores_labels(song):
     assert program(LABELS) == program(None)
 
 
+@pytest.mark.slow
 def test_adm_dropout_and_labels(adm):
     model, params, train = adm
     v = {"params": params}
@@ -372,6 +373,7 @@ def test_dropout_max_resolution(adm):
     assert masks(model.clone(dropout_max_resolution=8)) == everywhere
 
 
+@pytest.mark.slow
 def test_bfloat16_close_to_float32(song):
     """bfloat16 compute with float32 parameters (one net: a bfloat16 compile is the slowest)."""
     model, params, apply = song

@@ -6,9 +6,12 @@ import subprocess
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 from helpers import launch_cmd, subprocess_env, tiny_config
 
 from cm import train
+
+pytestmark = pytest.mark.slow  # trains or launches processes
 
 
 def _free_port() -> int:

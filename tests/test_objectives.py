@@ -5,6 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from cm import augment, losses, objectives, schedules
 
@@ -38,6 +39,7 @@ def _replay_pair(rng, step, b, shape):
     return np.asarray(sig[i], np.float64), np.asarray(sig[i + 1], np.float64), np.asarray(z)
 
 
+@pytest.mark.slow
 def test_ict_loss_value_with_identity_network():
     """With f(x, s) = x: loss = mean_b (sqrt(gap^2 ||z||^2 + c^2) - c) / gap, gap = s_hi - s_lo."""
     identity = lambda params, x, sigma, labels, train, rng: x

@@ -41,6 +41,7 @@ def _assert_all_highest(fn, *args, at_least: int):
     assert all(p == HIGHEST for _, p in found), {str(p) for _, p in found}
 
 
+@pytest.mark.slow
 def test_fid_inception_features_run_every_matmul_at_highest_precision():
     variables = jax.eval_shape(inception.init_variables, jax.random.key(0))
     images = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.uint8)

@@ -5,6 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from helpers import tiny_config
 
 from cm import experiment, sampling
@@ -101,6 +102,7 @@ def test_consistency_multistep_noise_levels():
     assert np.max(np.abs(x2 - t * z1) / np.abs(t * z1)) > 2e-6  # t itself would fail
 
 
+@pytest.mark.slow
 def test_parallel_sampler_ordered_labels_and_shape():
     c = tiny_config()
     exp = experiment.build(c)

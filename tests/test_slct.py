@@ -284,6 +284,7 @@ def test_coupled_batches_resume_mid_stream_with_the_same_noise():
 # ---------------------------------------------------------------- training loop and configs
 
 
+@pytest.mark.slow
 def test_ot_train_step_gives_the_same_numbers_on_1_and_4_devices():
     from cm import experiment, state, train
 

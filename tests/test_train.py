@@ -23,6 +23,7 @@ def _saved_params(workdir, step):
     return ocp.StandardCheckpointer().restore(path)["params"]
 
 
+@pytest.mark.slow
 def test_train_writes_checkpoints_snapshots_grids_and_logs(tmp_path):
     c = tiny_config()
     c.training.sample_every = 2
@@ -78,6 +79,7 @@ def _run_steps(config, devices, steps):
     return jax.device_get(state.params), losses
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_device():
     assert jax.device_count() == 4
     c = tiny_config()
@@ -89,6 +91,7 @@ def test_four_devices_equal_one_device():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_in_fresh_process_is_exact(tmp_path):
     """4 steps straight == 2 steps, a new process, then the same command again."""
     env = subprocess_env(devices=2)
@@ -105,6 +108,7 @@ def test_resume_in_fresh_process_is_exact(tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     c = tiny_config()
     c.training.num_steps = 2
@@ -120,6 +124,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_incompatible_config_is_refused_and_workdir_kept(tmp_path):
     c = tiny_config()
     c.training.num_steps = 2
@@ -131,6 +136,7 @@ def test_incompatible_config_is_refused_and_workdir_kept(tmp_path):
     assert sorted(str(p) for p in tmp_path.rglob("*")) == files
 
 
+@pytest.mark.slow
 def test_sample_mode_writes_uint8_npz_and_grid(tmp_path):
     c = tiny_config()
     c.training.num_steps = 2
@@ -156,6 +162,7 @@ def test_summary_mode_ends_with_parameter_count(capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"parameters: {n}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,expected",
     [
