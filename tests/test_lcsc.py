@@ -479,6 +479,7 @@ def test_lcsc_mode_outputs_resume_and_merged_checkpoint(run, monkeypatch):
     )
 
 
+@pytest.mark.slow  # refusals of settings need the search state of the test above
 def test_lcsc_user_errors_are_one_sentence(run, tmp_path):
     c, workdir = run
     bad = c.copy_and_resolve_references()
