@@ -194,6 +194,7 @@ def test_geometric_transforms_of_an_affine_image(params):
     assert np.abs(out - image).max() > 0.05  # the transform did move the image
 
 
+@pytest.mark.slow  # compiles the augmentation for 1 and 4 devices
 def test_augmentation_does_not_depend_on_the_sharding():
     """Drawn on the global batch: a batch split over 4 devices is augmented as on one."""
     x = jax.random.normal(jax.random.key(5), (8, 8, 8, 3))

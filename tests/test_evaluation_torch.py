@@ -156,6 +156,7 @@ def _max_diffs(ours: dict, pool, logits, weight) -> dict:
     }
 
 
+@pytest.mark.slow  # builds two Inception networks in float64: about 25 s
 def test_equals_torch_in_float64(net_and_weights):
     """Same weights (read from the .pth by our reader), float64 on both sides: the networks
     agree to rounding, so every layer, pool and padding rule is the same."""
