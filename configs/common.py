@@ -37,6 +37,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.num_groups = 32
     c.model.use_labels = True  # condition on data.num_classes labels when > 0
     c.model.dtype = "float32"  # float32 | bfloat16 (compute dtype; parameters stay float32)
+    # Precision of the network's convs and matmuls in training and sampling (cm/precision.py):
+    # default (the device's: TF32 on NVIDIA GPUs, 1 bfloat16 pass on TPUs) | high | highest
+    # (full float32). Each paper config states its choice.
+    c.model.matmul_precision = "default"
+    # Recompute each residual / attention block in the backward pass instead of keeping its
+    # activations (flax remat): less memory, about one more forward pass of time.
+    c.model.remat = False
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "ict"  # ict | edm
@@ -94,6 +101,12 @@ def base_config() -> ml_collections.ConfigDict:
     # the same host is detected at once by its pid).
     c.training.lock_heartbeat_seconds = 30.0
     c.training.lock_stale_seconds = 300.0
+    # JAX's persistent compilation cache (cm/compile_cache.py): compiled programs are kept
+    # here and reused by later processes with the same program and devices; local to each
+    # host; "" = off. Programs that compiled faster than min_compile_seconds are not written
+    # (0: every program, also the small ones of CPU runs).
+    c.training.compilation_cache_dir = "~/.cache/cm/jax"
+    c.training.compilation_cache_min_compile_seconds = 0.0
 
     c.sampling = ml_collections.ConfigDict()
     c.sampling.num_samples = 64

@@ -50,6 +50,7 @@ def _fields(config) -> dict:
         num_groups=m.num_groups,
         num_classes=_num_classes(config),
         dtype=_dtype(m.dtype),
+        remat=bool(m.remat),
     )
 
 
