@@ -75,8 +75,8 @@ def test_remat_gives_identical_outputs_and_gradients_and_recomputes_the_forward(
     # Equal up to float32 rounding, not bitwise: XLA fuses the recomputed forward differently,
     # so sums may associate in another order (measured: 1.7 % of the outputs differ, by at most
     # 4e-7 relative; gradients 1.2e-6). Tolerance: 1e-5 of each tensor's largest entry.
-    plain, remat = jax.tree.leaves((loss0, out0, grads0)), jax.tree.leaves((loss1, out1, grads1))
-    for a, b in zip(plain, remat, strict=True):
+    want, got = jax.tree.leaves((loss0, out0, grads0)), jax.tree.leaves((loss1, out1, grads1))
+    for a, b in zip(want, got, strict=True):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(np.abs(a).max()))
     # One more forward pass of the blocks: value_and_grad costs about 3 forwards (the forward,
     # and twice its FLOPs backward), remat about 4, so at most 4/3 (measured 1.23 here: the
