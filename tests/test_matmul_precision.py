@@ -14,7 +14,7 @@ import pytest
 from helpers import tiny_config
 from test_precision import _matmul_precisions  # the jaxpr walk of the evaluation networks
 
-from cm import experiment, run_record, sampling, train
+from cm import experiment, run_record, sampling, train_step
 
 P = jax.lax.Precision
 EXPECTED = {"default": None, "high": (P.HIGH, P.HIGH), "highest": (P.HIGHEST, P.HIGHEST)}
@@ -35,7 +35,7 @@ def _step_and_inputs(config):
         "image": jax.ShapeDtypeStruct((b, h, w, ch), jnp.float32, sharding=exp.data_sharded),
         "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=exp.data_sharded),
     }
-    step = train.make_train_step(exp, tuple(config.training.ema_rates), config.seed)
+    step = train_step.make_train_step(exp, tuple(config.training.ema_rates), config.seed)
     return exp, step, experiment.abstract_state(exp, config), batch
 
 
