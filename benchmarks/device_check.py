@@ -381,11 +381,21 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds:.0f} s"
 
 
+def _order(spec: dict) -> tuple:
+    """Table order: section, then network, then precision mode (as the run plans them)."""
+    network = spec.get("network", "")
+    return (
+        SECTIONS.index(spec["kind"]),
+        NETWORK_NAMES.index(network) if network in NETWORK_NAMES else -1,
+        list(perf.PRECISION_MODES).index(spec["mode"]) if "mode" in spec else -1,
+    )
+
+
 def table_rows(results: dict, quick: bool, recipe_devices: int) -> list[dict]:
     """The table's rows from the finished units (derived rows where their inputs exist)."""
     tag = " (tiny)" if quick else ""
     rows, rates = [], {}
-    for uid, record in results.items():
+    for uid, record in sorted(results.items(), key=lambda item: _order(item[1]["spec"])):
         spec, r = record["spec"], record["result"]
         kind, network = spec["kind"], spec.get("network", "")
         if kind == "train":
