@@ -85,6 +85,10 @@ TINY = {
 REALISTIC_BATCH = {32: 128, 64: 32}  # per device, by image (or latent) side
 QUICK_BATCH = {32: 4, 64: 2}
 MIN_UNIT_SECONDS = 30  # under --time_limit, no unit starts with less time left
+# JAX on GPUs takes 75 % of the memory when the backend starts unless this is "false": the
+# orchestrator turns it off for itself, workers get the user's own setting.
+PREALLOCATE = "XLA_PYTHON_CLIENT_PREALLOCATE"
+_USER_PREALLOCATE = os.environ.get(PREALLOCATE)
 
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny networks and batches (a CPU check).")
 _SECTIONS = flags.DEFINE_list("sections", list(SECTIONS), f"Any of {list(SECTIONS)}.")
@@ -258,7 +262,7 @@ def unit_max_batch(spec: dict) -> dict:
         c = network_config(name, batch, quick)
         state = jax.device_put(host_state, exp.replicated)
         try:
-            measure.train_step(c, _one_device_experiment(c), steps=1, state=state)
+            measure.train_step(c, _one_device_experiment(c), steps=0, state=state)
             return True
         except Exception as e:  # noqa: BLE001 (only out-of-memory is an answer)
             if perf.is_out_of_memory(e):
@@ -296,6 +300,9 @@ def run_unit_in_worker(spec: dict, timeout: float | None = None) -> dict:
     argv = [sys.executable, "-m", "benchmarks.device_check", f"--unit={json.dumps(spec)}"]
     argv.append(f"--compilation_cache_dir={_CACHE.value}")
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop(PREALLOCATE, None)  # the worker allocates as training does (the user's setting)
+    if _USER_PREALLOCATE is not None:
+        env[PREALLOCATE] = _USER_PREALLOCATE
     try:
         proc = subprocess.run(
             argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
@@ -500,6 +507,8 @@ def _load(path: str) -> dict:
 
 def main(argv):
     del argv
+    if not _UNIT.value:  # the orchestrator: no GPU memory held beside the workers'
+        os.environ[PREALLOCATE] = "false"  # read when the backend starts, below
     compile_cache.configure(_CACHE.value)
     if _UNIT.value:  # a worker: one unit, one result line
         print("RESULT " + json.dumps(run_unit(json.loads(_UNIT.value))), flush=True)

@@ -41,19 +41,22 @@ def random_batch(config, exp: experiment.Experiment) -> dict:
 
 
 def train_step(config, exp: experiment.Experiment, steps: int, state=None) -> tuple[dict, object]:
-    """Times the jitted training step; returns ({compile_s, first_step_s, step_s, flops,
-    temp_bytes}, the state after the steps).
+    """Times the jitted training step; returns ({lower_s, compile_s, first_step_s, step_s,
+    flops, temp_bytes}, the state after the steps).
 
-    compile_s: lowering and compiling (a persistent-cache hit makes it a load); first_step_s:
-    compile_s plus the first call (what a fresh process waits for); step_s: the mean of
-    `steps` further calls, dispatched back to back as training does.
+    lower_s: tracing and lowering to HLO (never cached); compile_s: XLA's compilation (a
+    persistent-cache hit makes it a load); first_step_s: both plus the first call (what a fresh
+    process waits for); step_s: the mean of `steps` further calls, dispatched back to back as
+    training does.
     """
     step_fn = make_train_step(exp, tuple(config.training.ema_rates), config.seed)
     state = experiment.init_state(exp, config) if state is None else state
     batch = random_batch(config, exp)
     start = time.perf_counter()
-    compiled = step_fn.lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
+    lowered = step_fn.lower(state, batch)
+    lower_s = time.perf_counter() - start
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start - lower_s
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     first_step_s = time.perf_counter() - start
@@ -62,6 +65,7 @@ def train_step(config, exp: experiment.Experiment, steps: int, state=None) -> tu
         state, metrics = compiled(state, batch)
     jax.block_until_ready((state, metrics))
     costs = {
+        "lower_s": lower_s,
         "compile_s": compile_s,
         "first_step_s": first_step_s,
         "step_s": (time.perf_counter() - start) / max(steps, 1),
