@@ -178,18 +178,14 @@ def _measured_peak(mode: str, size: int) -> float:
 
 
 def _common(spec: dict, mode: str) -> dict:
-    """What every unit reports beside its own numbers."""
-    kind = _device().device_kind
-    return {
-        "device_kind": kind,
-        "platform": _device().platform,
-        "mode": mode,
-        "published_peak": perf.published_peak(kind, mode) if mode in perf.PRECISION_MODES else None,
-        "measured_peak": _measured_peak(mode, spec["matmul_size"])
-        if mode in perf.PRECISION_MODES
-        else None,
-        "peak_memory": perf.peak_memory(_device()),
-    }
+    """What every unit reports beside its own numbers (the peak memory before the matmul that
+    measures the peak FLOP/s adds its own)."""
+    kind, known_mode = _device().device_kind, mode in perf.PRECISION_MODES
+    out = {"device_kind": kind, "platform": _device().platform, "mode": mode}
+    out["peak_memory"] = perf.peak_memory(_device())
+    out["published_peak"] = perf.published_peak(kind, mode) if known_mode else None
+    out["measured_peak"] = _measured_peak(mode, spec["matmul_size"]) if known_mode else None
+    return out
 
 
 def unit_train(spec: dict) -> dict:
