@@ -122,16 +122,20 @@ _TIME_LIMIT = flags.DEFINE_float(
     "Seconds for this run (0 = none): no unit starts after it, a worker is ended at it.",
 )
 _REPORT = flags.DEFINE_bool("report", False, "Only print the table of --results; run nothing.")
+_REMAT = flags.DEFINE_bool(
+    "remat", False, "Every network with model.remat=True (units and rows marked +remat)."
+)
 _UNIT = flags.DEFINE_string("unit", "", "Internal: run one unit (JSON) and print its result.")
 
 
 # ----------------------------------------------------------------------------- configs
 
 
-def network_config(name: str, batch: int, quick: bool, mode: str | None = None):
+def network_config(name: str, batch: int, quick: bool, mode: str | None = None, remat=False):
     """The paper config of `name` at a per-device batch (one device), in a precision mode
-    (None: the config's own), shrunk by TINY when quick."""
+    (None: the config's own), shrunk by TINY when quick, with rematerialized blocks if remat."""
     c = measure.NETWORKS[name]()
+    c.model.remat = remat
     if quick:
         for dotted, value in TINY.items():
             section, field = dotted.split(".")
@@ -189,7 +193,9 @@ def _common(spec: dict, mode: str) -> dict:
 
 
 def unit_train(spec: dict) -> dict:
-    config = network_config(spec["network"], spec["batch"], spec["quick"], spec["mode"])
+    config = network_config(
+        spec["network"], spec["batch"], spec["quick"], spec["mode"], spec["remat"]
+    )
     exp = _one_device_experiment(config)
     costs, state = measure.train_step(config, exp, spec["steps"])
     costs["params"] = count_params(state.params)
@@ -198,7 +204,7 @@ def unit_train(spec: dict) -> dict:
 
 
 def unit_sample(spec: dict) -> dict:
-    config = network_config(spec["network"], spec["batch"], spec["quick"])
+    config = network_config(spec["network"], spec["batch"], spec["quick"], remat=spec["remat"])
     exp = _one_device_experiment(config)
     params = jax.jit(lambda: experiment.init_params(exp, config))()
     result = measure.sampler(config, exp, params, spec["sampler"], spec["batch"], spec["steps"])
@@ -246,8 +252,8 @@ def largest_fitting(fits, start: int, cap: int, multiple: int = 1, tolerance: fl
 
 
 def unit_max_batch(spec: dict) -> dict:
-    name, quick = spec["network"], spec["quick"]
-    config = network_config(name, spec["start"], quick)
+    name, quick, remat = spec["network"], spec["quick"], spec["remat"]
+    config = network_config(name, spec["start"], quick, remat=remat)
     exp = _one_device_experiment(config)
     host_state = jax.device_get(experiment.init_state(exp, config))  # reused by every probe
     known = set(spec.get("known_fits", ()))
@@ -255,7 +261,7 @@ def unit_max_batch(spec: dict) -> dict:
     def fits(batch: int) -> bool:
         if batch in known:
             return True
-        c = network_config(name, batch, quick)
+        c = network_config(name, batch, quick, remat=remat)
         state = jax.device_put(host_state, exp.replicated)
         try:
             measure.train_step(c, _one_device_experiment(c), steps=0, state=state)
@@ -315,21 +321,26 @@ def run_unit_in_worker(spec: dict, timeout: float | None = None) -> dict:
 # ----------------------------------------------------------------------------- plan
 
 
-def plan(quick: bool, sections, networks, precisions, steps: int, matmul_size: int) -> list:
-    """[(unit id, spec)] in run order."""
+def plan(
+    quick: bool, sections, networks, precisions, steps: int, matmul_size: int, remat=False
+) -> list:
+    """[(unit id, spec)] in run order; with remat the network units' ids end in +remat."""
     units = []
-    base = {"quick": quick, "steps": steps, "matmul_size": matmul_size}
+    base = {"quick": quick, "steps": steps, "matmul_size": matmul_size, "remat": remat}
+    mark = "+remat" if remat else ""
     if "train" in sections:
         for name in networks:
             for mode in precisions:
                 spec = {**base, "kind": "train", "network": name, "mode": mode}
-                units.append((f"train/{name}/{mode}", {**spec, "batch": batch_for(name, quick)}))
+                units.append(
+                    (f"train/{name}{mark}/{mode}", {**spec, "batch": batch_for(name, quick)})
+                )
     if "sample" in sections:
         for name, sampler in SAMPLERS:
             if name in networks:
                 spec = {**base, "kind": "sample", "network": name, "sampler": sampler}
                 spec["batch"] = batch_for(name, quick)
-                units.append((f"sample/{name}/{sampler}", spec))
+                units.append((f"sample/{name}{mark}/{sampler}", spec))
     if "inception" in sections:
         spec = {**base, "kind": "inception", "image_size": INCEPTION_IMAGE_SIZE}
         units.append(("inception", {**spec, "batch": batch_for("cifar10_ict", quick)}))
@@ -339,14 +350,15 @@ def plan(quick: bool, sections, networks, precisions, steps: int, matmul_size: i
             cap = 2 * start if quick else max(start, _MAX_BATCH_CAP.value)
             spec = {**base, "kind": "max_batch", "network": name, "start": start, "cap": cap}
             spec |= {"multiple": 1 if quick else 8, "tolerance": _MAX_BATCH_TOLERANCE.value}
-            units.append((f"max_batch/{name}", spec))
+            units.append((f"max_batch/{name}{mark}", spec))
     return units
 
 
-def _known_fits(results: dict, name: str, quick: bool) -> list[int]:
+def _known_fits(results: dict, name: str, quick: bool, remat: bool) -> list[int]:
     """Batches the train rows already showed to fit at the config's precision."""
     mode = config_mode(network_config(name, 1, quick))
-    done = results.get(f"train/{name}/{mode}", {}).get("result", {})
+    mark = "+remat" if remat else ""
+    done = results.get(f"train/{name}{mark}/{mode}", {}).get("result", {})
     return [batch_for(name, quick)] if done and "error" not in done else []
 
 
@@ -385,11 +397,12 @@ def _duration(seconds: float) -> str:
 
 
 def _order(spec: dict) -> tuple:
-    """Table order: section, then network, then precision mode (as the run plans them)."""
+    """Table order: section, then network (+remat after it), then precision mode."""
     network = spec.get("network", "")
     return (
         SECTIONS.index(spec["kind"]),
         NETWORK_NAMES.index(network) if network in NETWORK_NAMES else -1,
+        bool(spec.get("remat")),
         list(perf.PRECISION_MODES).index(spec["mode"]) if "mode" in spec else -1,
     )
 
@@ -401,6 +414,7 @@ def table_rows(results: dict, quick: bool, recipe_devices: int) -> list[dict]:
     for uid, record in sorted(results.items(), key=lambda item: _order(item[1]["spec"])):
         spec, r = record["spec"], record["result"]
         kind, network = spec["kind"], spec.get("network", "")
+        network += " +remat" if spec.get("remat") else ""
         if kind == "train":
             note = "" if "error" in r else f"compile {r['compile_s']:.1f} s, XLA temp "
             note += "" if "error" in r else perf.gib(r.get("temp_bytes"))
@@ -523,7 +537,8 @@ def main(argv):
     matmul_size = _MATMUL_SIZE.value or (256 if quick else 2048 if platform == "cpu" else 8192)
     isolate = _ISOLATE.value == "true" or (_ISOLATE.value == "auto" and platform != "cpu")
     results = _load(_RESULTS.value)
-    units = plan(quick, _SECTIONS.value, _NETWORKS.value, _PRECISIONS.value, steps, matmul_size)
+    sections, networks, precisions = _SECTIONS.value, _NETWORKS.value, _PRECISIONS.value
+    units = plan(quick, sections, networks, precisions, steps, matmul_size, _REMAT.value)
     deadline = time.monotonic() + _TIME_LIMIT.value if _TIME_LIMIT.value > 0 else None
     for uid, spec in [] if _REPORT.value else units:
         if uid in results and results[uid]["spec"].get("quick") == quick:
@@ -533,7 +548,7 @@ def main(argv):
             print(f"time limit: {uid} and later units not run", file=sys.stderr, flush=True)
             break
         if spec["kind"] == "max_batch":
-            spec["known_fits"] = _known_fits(results, spec["network"], quick)
+            spec["known_fits"] = _known_fits(results, spec["network"], quick, spec["remat"])
         print(f"running {uid} ...", file=sys.stderr, flush=True)
         result = run_unit_in_worker(spec, left) if isolate else run_unit(spec)
         if "timed out" in result.get("error", ""):

@@ -8,7 +8,8 @@
 #   1. training steps at the device default precision and in bfloat16 (4 networks),
 #   2. samplers (1-step, Heun 35 evaluations) and Inception features,
 #   3. training steps at the highest (float32) precision,
-#   4. the largest per-device batch of each network (doubling from 128 / 32, up to 1024).
+#   4. the largest per-device batch of each network (doubling from 128 / 32, up to 1024),
+#   5. with rematerialized blocks (model.remat): bfloat16 steps, the largest batch.
 # Finished units are kept in runs/device_check/results.json and compiled programs in
 # runs/device_check/jax_cache, so running the script again on the same machine continues where
 # the budget stopped it and compiles nothing twice. The table, the results, the log and
@@ -58,6 +59,7 @@ part --sections=train --precisions="f32 default,bf16"
 part --sections=sample,inception
 part --sections=train --precisions="f32 highest"
 part --sections=max_batch --max_batch_cap=1024
+part --sections=train,max_batch --precisions=bf16 --max_batch_cap=2048 --remat  # +remat rows
 
 "$PY" -m benchmarks.device_check --results="$RESULTS" --report \
   --compilation_cache_dir="$STATE/jax_cache" "${EXTRA[@]}" | tee "$OUT_DIR/device_check.txt"
