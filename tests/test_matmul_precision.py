@@ -39,6 +39,7 @@ def _step_and_inputs(config):
     return exp, step, experiment.abstract_state(exp, config), batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["default", "high", "highest"])
 def test_training_step_and_samplers_carry_the_configured_precision(setting):
     config = _config(setting)
