@@ -18,7 +18,8 @@
 # Packages missing from the machine's Python (ml_collections on the device image) are
 # installed from .device_wheels/ when it is there: prepare it where pip reaches the index,
 #   pip download ml_collections==1.1.0 --no-deps -d .device_wheels
-# and carry it (git ignores nothing there; add it to .git/info/exclude).
+# then add .device_wheels to .git/info/exclude (so it is never committed) and name it in the
+# device tool's `carry`.
 #
 # DEVICE_CHECK_FLAGS adds flags to every part, e.g. "--quick" to try the script on a CPU.
 set -u
