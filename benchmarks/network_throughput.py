@@ -17,24 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from cm import experiment
+from benchmarks.measure import NETWORKS
+from cm import experiment, perf
 from cm.models import build_model, count_params
-from configs import cifar10_edm, cifar10_ict, common, imagenet64_ict
-
-
-def _slct_latent():
-    c = common.slct_latent_model(common.base_config())
-    c.data.num_classes = 0
-    return c
-
-
-NETWORKS = {
-    "cifar10_ict": lambda: cifar10_ict.get_config(),  # NCSN++
-    "cifar10_ict:deep": lambda: cifar10_ict.get_config("deep"),
-    "cifar10_edm": lambda: cifar10_edm.get_config(),  # DDPM++
-    "imagenet64_ict": lambda: imagenet64_ict.get_config(),  # ADM, class-conditional
-    "slct_latent": _slct_latent,  # ADM with NsLN on 4x32x32 latents
-}
 
 _NETWORKS = flags.DEFINE_list("networks", list(NETWORKS), f"Any of {list(NETWORKS)}.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Images per step.")
@@ -73,14 +58,10 @@ def measure(name: str, batch: int, dtype: str, steps: int) -> dict:
     t0 = time.perf_counter()
     compiled = step.lower(params, jax.random.key(1)).compile()
     compile_s = time.perf_counter() - t0
-    flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+    flops = perf.flops(compiled)
     jax.block_until_ready(compiled(params, jax.random.key(1)))  # warm-up
-    times = []
-    for i in range(steps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(params, jax.random.key(i + 2)))
-        times.append(time.perf_counter() - t0)
-    sec = float(np.median(times))
+    keys = iter(jax.random.split(jax.random.key(2), steps))
+    sec = perf.median_seconds(lambda: compiled(params, next(keys)), steps)
     return {
         "network": name,
         "model": config.model.name,
@@ -95,16 +76,6 @@ def measure(name: str, batch: int, dtype: str, steps: int) -> dict:
     }
 
 
-def format_table(rows: list[dict]) -> str:
-    """Markdown table of the rows (same keys in every row)."""
-    keys = list(rows[0])
-    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in keys}
-    cells = lambda values: [v.ljust(widths[k]) for k, v in zip(keys, values, strict=True)]
-    line = lambda values: "| " + " | ".join(cells(values)) + " |"
-    sep = "|" + "|".join("-" * (widths[k] + 2) for k in keys) + "|"
-    return "\n".join([line(keys), sep] + [line([r[k] for k in keys]) for r in rows])
-
-
 def main(argv):
     del argv
     unknown = sorted(set(_NETWORKS.value) - set(NETWORKS))
@@ -115,8 +86,8 @@ def main(argv):
     rows = []
     for name in _NETWORKS.value:
         rows.append(measure(name, _BATCH.value, _DTYPE.value, _STEPS.value))
-        print(format_table(rows[-1:]).splitlines()[-1], flush=True)  # progress, row by row
-    print(format_table(rows))
+        print(perf.format_table(rows[-1:]).splitlines()[-1], flush=True)  # progress, row by row
+    print(perf.format_table(rows))
 
 
 if __name__ == "__main__":

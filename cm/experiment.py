@@ -12,7 +12,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cm import keys, latents, objectives, power_ema, precond, sampling, state
+from cm import keys, latents, objectives, power_ema, precision, precond, sampling, state
 from cm.models import build_model
 
 
@@ -59,6 +59,8 @@ def build(config, devices=None) -> Experiment:
         config.method.sigma_data,
         config.method.sigma_min,
     )
+    # Every network call (training loss, samplers, LCSC fitness) at model.matmul_precision.
+    denoise = precision.with_matmul_precision(denoise, config.model.matmul_precision)
     return Experiment(
         model=model,
         denoise=denoise,

@@ -3,7 +3,7 @@
 import jax
 from absl import logging
 
-from cm import encode, experiment, fileio, images, run_record, sampling, train
+from cm import compile_cache, encode, experiment, fileio, images, run_record, sampling, train
 from cm.checkpoint import Checkpointer
 from cm.evaluation import run as evaluation
 from cm.lcsc import run as lcsc_run
@@ -95,4 +95,5 @@ MODES = {
 def run(mode: str, config, workdir: str):
     if mode not in MODES:
         raise ValueError(f"Unknown --mode {mode!r}; valid: {sorted(MODES)}.")
+    compile_cache.configure_from(config)  # before the mode's first compilation
     return MODES[mode](config, workdir)

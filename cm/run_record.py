@@ -36,6 +36,9 @@ FIELDS_ADDED_LATER = {
     "training.ema_halflife_images": 0,
     "model.augment_dim": 0,
 }
+# Fields inside a structural section that only say how the network is computed, not what is
+# saved: a resume may change them, and runs recorded before they existed lack them.
+COMPUTE_ONLY_FIELDS = ("model.matmul_precision", "model.remat")
 
 
 def _lookup(tree: dict, dotted: str):
@@ -62,11 +65,21 @@ def _with_later_fields(saved: dict) -> dict:
     return saved
 
 
+def _structural(tree: dict, field: str):
+    """The value of `field` in `tree`, without the COMPUTE_ONLY_FIELDS inside it."""
+    value = _normalize(_lookup(tree, field))
+    for dotted in COMPUTE_ONLY_FIELDS:
+        section, _, name = dotted.rpartition(".")
+        if section == field and isinstance(value, dict):
+            value.pop(name, None)
+    return value
+
+
 def check_compatible(saved: dict, current: dict, workdir: str):
     """Raises one sentence naming the first structural field that differs from the saved run."""
     saved = _with_later_fields(saved)
     for field in STRUCTURAL_FIELDS:
-        old, new = _normalize(_lookup(saved, field)), _normalize(_lookup(current, field))
+        old, new = _structural(saved, field), _structural(current, field)
         if old != new:
             raise ValueError(
                 f"The workdir {workdir} holds a run of an incompatible config ({field}: "

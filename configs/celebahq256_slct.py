@@ -46,6 +46,10 @@ def get_config(arg=None):
     c.data.random_flip = False
     slct_latent_model(c)  # ADM, 4 x 32 x 32, NsLN
     c.model.use_labels = False
+    # The authors' code allows TF32 in cuDNN and cuBLAS and computes the loss under float16
+    # autocast; here float32 compute at the device default (TF32 on GPUs). Whether bfloat16
+    # compute (model.dtype) matches their float16 is not established.
+    c.model.matmul_precision = "default"
 
     m = c.method
     m.name = "ict"

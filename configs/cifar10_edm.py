@@ -40,6 +40,9 @@ def get_config(arg=None):
     c.model.resample_filter = (1, 1)
     c.model.use_labels = False
     c.model.augment_dim = 9  # EDM's train.py with --augment > 0
+    # EDM's training loop turns TF32 off for cuDNN convolutions and cuBLAS matmuls and trains
+    # CIFAR-10 in float32 (no --fp16): full float32.
+    c.model.matmul_precision = "highest"
 
     c.method.name = "edm"
     c.method.p_mean = -1.2

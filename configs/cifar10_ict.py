@@ -37,6 +37,10 @@ def get_config(arg=None):
     c.model.encoder_type = "residual"
     c.model.resample_filter = (1, 3, 3, 1)
     c.model.use_labels = False
+    # iCT released no code; the consistency-models CIFAR-10 JAX code it builds on
+    # (openai/consistency_models_cifar10, on CUDA GPUs) sets no precision: JAX's default,
+    # TF32 convolutions and matmuls on A100s.
+    c.model.matmul_precision = "default"
 
     c.method.name = "ict"
     c.method.s0 = 10

@@ -40,6 +40,13 @@ def base_config() -> ml_collections.ConfigDict:
     # Width of the augmentation labels (cm/augment.py) the net reads through a bias-free Dense
     # into its noise embedding (EDM's map_augment); 0 = none. EDM's CIFAR-10 pipeline: 9.
     c.model.augment_dim = 0
+    # Precision of the network's convs and matmuls in training and sampling (cm/precision.py):
+    # default (the device's: TF32 on NVIDIA GPUs, 1 bfloat16 pass on TPUs) | high | highest
+    # (full float32). Each paper config states its choice.
+    c.model.matmul_precision = "default"
+    # Recompute each residual / attention block in the backward pass instead of keeping its
+    # activations (flax remat): less memory, about one more forward pass of time.
+    c.model.remat = False
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "ict"  # ict | edm
@@ -105,6 +112,12 @@ def base_config() -> ml_collections.ConfigDict:
     # the same host is detected at once by its pid).
     c.training.lock_heartbeat_seconds = 30.0
     c.training.lock_stale_seconds = 300.0
+    # JAX's persistent compilation cache (cm/compile_cache.py): compiled programs are kept
+    # here and reused by later processes with the same program and devices; local to each
+    # host; "" = off. Programs that compiled faster than min_compile_seconds are not written
+    # (0: every program, also the small ones of CPU runs).
+    c.training.compilation_cache_dir = "~/.cache/cm/jax"
+    c.training.compilation_cache_min_compile_seconds = 0.0
 
     # EDM's augmentation pipeline (cm/augment.py; docs/methods.md section 5), applied to each
     # training batch of method.name = "edm" inside the jitted step. Each transform is drawn

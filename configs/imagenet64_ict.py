@@ -35,6 +35,7 @@ def get_config(arg=None):
     c.model.dropout_max_resolution = 16  # (unverified) dropout only at 16x16 and below
     c.model.embedding = "positional"
     c.model.use_labels = True
+    c.model.matmul_precision = "default"  # (unverified) as configs/cifar10_ict.py: JAX's default
 
     c.method.name = "ict"
     c.method.s0 = 10

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cm import experiment
+from cm import experiment, perf
 from cm.evaluation import features, inception, inception_metric
 
 _BATCH = flags.DEFINE_integer("batch", 64, "Global images per call.")
@@ -36,27 +36,36 @@ def random_variables(seed: int = 0):
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def images_per_second(batch: int, batches: int, image_size: int) -> float:
-    mesh = experiment.make_mesh()
-    extractor = features.ParallelExtractor(
-        inception_metric.inception_features, random_variables(), mesh, batch
-    )
+def measure(batch: int, batches: int, image_size: int, mesh=None) -> dict:
+    """{batch, seconds (per global batch), images_per_s, flops (per batch)} of the feature path
+    on `mesh` (default: every device), after one compiling call."""
+    mesh = mesh or experiment.make_mesh()
+    fn = inception_metric.inception_features
+    extractor = features.ParallelExtractor(fn, random_variables(), mesh, batch)
     b = extractor.batch_size
     pics = np.random.default_rng(0).integers(0, 256, (b, image_size, image_size, 3), np.uint8)
     read = features.array_reader(pics)
     extractor.extract(read, b)  # compiles
+    program = features._parallel(fn, mesh)  # the extractor's jitted program, for its FLOPs
+    shape = jax.ShapeDtypeStruct(pics.shape, pics.dtype, sharding=extractor._sharded)
+    flops = perf.flops(program.lower(extractor.variables, shape).compile())
     start = time.perf_counter()
     for _ in range(batches):
         extractor.extract(read, b)
-    return b * batches / (time.perf_counter() - start)
+    seconds = (time.perf_counter() - start) / batches
+    return {"batch": b, "seconds": seconds, "images_per_s": b / seconds, "flops": flops}
 
 
 def main(argv):
     del argv
-    rate = images_per_second(_BATCH.value, _BATCHES.value, _SIZE.value)
+    result = measure(_BATCH.value, _BATCHES.value, _SIZE.value)
     devices = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
     size = _SIZE.value
-    print(f"Inception features from {size}x{size} uint8 on {devices}: {rate:.1f} images/s")
+    print(
+        f"Inception features from {size}x{size} uint8 on {devices}: "
+        f"{result['images_per_s']:.1f} images/s, {result['flops'] / result['batch'] / 1e9:.2f} "
+        "GFLOP per image"
+    )
 
 
 if __name__ == "__main__":

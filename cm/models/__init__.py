@@ -51,6 +51,7 @@ def _fields(config) -> dict:
         num_classes=_num_classes(config),
         augment_dim=m.augment_dim,
         dtype=_dtype(m.dtype),
+        remat=bool(m.remat),
     )
 
 

@@ -71,6 +71,7 @@ class UNet(nn.Module):
     skip_scale: float = math.sqrt(0.5)  # SongUNet sqrt(1/2), ADM 1
     init_scheme: str = "song"  # song | adm (keys of inits.INITS)
     dtype: Any = jnp.float32  # compute dtype; parameters always float32
+    remat: bool = False  # recompute every residual block (and its attention) in the backward pass
 
     def __post_init__(self):
         """Reject unknown option strings when the network is built, not at first call."""
@@ -147,8 +148,11 @@ class UNet(nn.Module):
         if H % 2 ** (levels - 1) or W % 2 ** (levels - 1):
             raise ValueError(f"Image size {H}x{W} must be divisible by 2^{levels - 1}.")
         emb = self._embed(noise_labels, class_labels, augment_labels, B)
+        # Rematerialized blocks keep only their inputs for the backward pass; `train` (argument
+        # 3, counting self) is a Python bool, so it stays static.
+        block_type = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
         block = functools.partial(
-            ResBlock,
+            block_type,
             skip_scale=self.skip_scale,
             adaptive_scale=self.adaptive_scale,
             resample_filter=tuple(self.resample_filter),

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The device check on a lent accelerator, as one prepared script (README, "Device check").
+#
+#   bash benchmarks/device_check.sh          # from the repository root, on the accelerator
+#
+# Runs benchmarks/device_check.py in parts, most useful first, within BUDGET seconds in all
+# (default 540: under a 600 s command limit, 30 s kept for the report):
+#   1. training steps at the device default precision and in bfloat16 (4 networks),
+#   2. samplers (1-step, Heun 35 evaluations) and Inception features,
+#   3. training steps at the highest (float32) precision,
+#   4. the largest per-device batch of each network (doubling from 128 / 32, up to 1024),
+#   5. with rematerialized blocks (model.remat): bfloat16 steps, the largest batch.
+# Finished units are kept in runs/device_check/results.json and compiled programs in
+# runs/device_check/jax_cache, so running the script again on the same machine continues where
+# the budget stopped it and compiles nothing twice. The table, the results, the log and
+# nvidia-smi's view go to $OUT (the device tool's folder) or else runs/device_check/.
+#
+# Packages missing from the machine's Python (ml_collections on the device image) are
+# installed from .device_wheels/ when it is there: prepare it where pip reaches the index,
+#   pip download ml_collections==1.1.0 --no-deps -d .device_wheels
+# then add .device_wheels to .git/info/exclude (so it is never committed) and name it in the
+# device tool's `carry`.
+#
+# DEVICE_CHECK_FLAGS adds flags to every part, e.g. "--quick" to try the script on a CPU.
+set -u
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+STATE=runs/device_check
+OUT_DIR="${OUT:-$STATE}"
+RESULTS="$STATE/results.json"
+BUDGET="${BUDGET:-540}"
+REPORT_S=30
+START=$(date +%s)
+mkdir -p "$STATE" "$OUT_DIR"
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+read -r -a EXTRA <<<"${DEVICE_CHECK_FLAGS:-}"
+
+if [ -d .device_wheels ]; then
+  "$PY" -m pip install --quiet --no-index --no-deps .device_wheels/*.whl
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
+  >"$OUT_DIR/nvidia_smi.txt" 2>&1 || true
+
+left() { echo $((BUDGET - REPORT_S - ($(date +%s) - START))); }
+
+part() {
+  local t
+  t=$(left)
+  if [ "$t" -lt 60 ]; then
+    echo "budget spent: not run: $*" | tee -a "$OUT_DIR/log.txt"
+    return
+  fi
+  echo "== part ($t s left): $*" | tee -a "$OUT_DIR/log.txt"
+  "$PY" -m benchmarks.device_check --results="$RESULTS" --time_limit="$t" \
+    --compilation_cache_dir="$STATE/jax_cache" "${EXTRA[@]}" "$@" >>"$OUT_DIR/log.txt" 2>&1 ||
+    echo "part ended with exit $?: $*" | tee -a "$OUT_DIR/log.txt"
+}
+
+part --sections=train --precisions="f32 default,bf16"
+part --sections=sample,inception
+part --sections=train --precisions="f32 highest"
+part --sections=max_batch --max_batch_cap=1024
+part --sections=train,max_batch --precisions=bf16 --max_batch_cap=2048 --remat  # +remat rows
+
+"$PY" -m benchmarks.device_check --results="$RESULTS" --report \
+  --compilation_cache_dir="$STATE/jax_cache" "${EXTRA[@]}" | tee "$OUT_DIR/device_check.txt"
+if [ "$OUT_DIR" != "$STATE" ]; then cp "$RESULTS" "$OUT_DIR/results.json" 2>/dev/null; fi
+echo "elapsed $(($(date +%s) - START)) s of a $BUDGET s budget"
