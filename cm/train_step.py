@@ -27,7 +27,7 @@ def make_train_step(exp: experiment.Experiment, ema_rates, seed: int):
                 train_state.power_ema, params, train_state.step + 1, exp.power_ema_gammas
             ),
         )
-        return new_state, {**metrics, "grad_norm": optax.global_norm(grads)}
+        return new_state, {**metrics, "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(
         step_fn,
