@@ -1,7 +1,7 @@
 """Entry point: the same command on a laptop, a GPU node, or every host of a TPU pod.
 
 python launch.py --config=configs/demo.py --workdir=runs/demo [--mode=MODE]
-  MODE: train (default) | sample | eval | fid_stats | summary | encode | lcsc
+  MODE: train (default) | sample | eval | fid_stats | summary | encode | lcsc | import
 python launch.py --config=configs/cifar10_ict.py --workdir=W --config.training.batch_size=512
 """
 
@@ -18,7 +18,7 @@ from cm import full_disk
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 _MODE = flags.DEFINE_string(
-    "mode", "train", "train | sample | eval | fid_stats | summary | encode | lcsc."
+    "mode", "train", "train | sample | eval | fid_stats | summary | encode | lcsc | import."
 )
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, to start several processes by hand."

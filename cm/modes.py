@@ -5,6 +5,7 @@ from absl import logging
 
 from cm import compile_cache, encode, experiment, fileio, images, run_record, sampling, train
 from cm.checkpoint import Checkpointer
+from cm.edm_import import run as edm_import
 from cm.evaluation import run as evaluation
 from cm.lcsc import run as lcsc_run
 from cm.models import param_table
@@ -89,6 +90,7 @@ MODES = {
     "fid_stats": fid_stats,
     "lcsc": lcsc,
     "encode": encode.encode,
+    "import": edm_import.import_edm,
 }
 
 

@@ -35,6 +35,7 @@ FIELDS_ADDED_LATER = {
     "training.power_ema_stds": [],
     "training.ema_halflife_images": 0,
     "model.augment_dim": 0,
+    "model.fourier_param": False,
 }
 # Fields inside a structural section that only say how the network is computed, not what is
 # saved: a resume may change them, and runs recorded before they existed lack them.

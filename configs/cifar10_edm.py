@@ -2,6 +2,18 @@
 
     python launch.py --config=configs/cifar10_edm.py --workdir=gs://bucket/cifar10_edm
 
+Variants, one per published NVlabs/edm snapshot, which --mode=import reads from
+edm_import.path (default ~/.cache/cm/edm/<file>; docs/methods.md section 8):
+
+    (none)    DDPM++, unconditional          edm-cifar10-32x32-uncond-vp.pkl
+    cond      DDPM++, class-conditional      edm-cifar10-32x32-cond-vp.pkl
+    ve        NCSN++, unconditional          edm-cifar10-32x32-uncond-ve.pkl
+    ve_cond   NCSN++, class-conditional      edm-cifar10-32x32-cond-ve.pkl
+
+("vp" / "ve" name EDM's network configs; all four use EDM's preconditioning and training.)
+
+    python launch.py --config=configs/cifar10_edm.py:ve --workdir=runs/edm_ve --mode=import
+
 Prepare the data once (array_record: random access, exact resume), then pass
 --config.data.tfds_dir=DIR:
 
@@ -16,9 +28,13 @@ EMA by half-life 0.5 Mimg with ramp-up ratio 0.05, which sampling uses.
 from configs.common import base_config
 from configs.variants import parse_variant
 
+VARIANTS = ("cond", "ve", "ve_cond")
+CACHE = "~/.cache/cm/edm"  # where the README tells users to put the downloaded snapshots
+
 
 def get_config(arg=None):
-    parse_variant(__file__, arg)
+    variant = parse_variant(__file__, arg, VARIANTS)
+    ncsnpp, cond = variant.startswith("ve"), variant.endswith("cond")
     c = base_config()
     c.data.name = "tfds"
     c.data.tfds_name = "cifar10"
@@ -38,8 +54,18 @@ def get_config(arg=None):
     c.model.noise_mult = 1
     c.model.encoder_type = "standard"
     c.model.resample_filter = (1, 1)
-    c.model.use_labels = False
+    c.model.use_labels = cond  # EDM's --cond
     c.model.augment_dim = 9  # EDM's train.py with --augment > 0
+    if ncsnpp:
+        # NCSN++ as EDM's train.py --arch=ncsnpp builds it (56,397,827 parameters in EDM with
+        # the augmentation layer; cm adds the 128 Fourier frequencies, which EDM keeps in a
+        # buffer: model.fourier_param, so an imported network keeps its own).
+        c.model.embedding = "fourier"
+        c.model.fourier_scale = 16.0  # EDM's FourierEmbedding default
+        c.model.fourier_param = True
+        c.model.noise_mult = 2
+        c.model.encoder_type = "residual"
+        c.model.resample_filter = (1, 3, 3, 1)
     # EDM's training loop turns TF32 off for cuDNN convolutions and cuBLAS matmuls and trains
     # CIFAR-10 in float32 (no --fp16): full float32.
     c.model.matmul_precision = "highest"
@@ -77,4 +103,7 @@ def get_config(arg=None):
     c.sampling.num_samples = 50_000
     c.sampling.batch_size = 1024
     c.sampling.heun_steps = 18
+
+    name = f"edm-cifar10-32x32-{'cond' if cond else 'uncond'}-{'ve' if ncsnpp else 'vp'}.pkl"
+    c.edm_import.path = f"{CACHE}/{name}"
     return c

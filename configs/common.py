@@ -30,6 +30,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dropout_max_resolution = 0  # dropout only at heights <= this; 0 = everywhere
     c.model.embedding = "positional"  # positional | fourier
     c.model.fourier_scale = 16.0
+    # Keep the Fourier frequencies in the parameters (`map_noise/freqs`, under stop_gradient)
+    # instead of drawing them from a seed: EDM's NCSN++ draws its own with torch, so an imported
+    # one (--mode=import, configs/cifar10_edm.py:ve) must carry them. Adds noise_mult * channels
+    # / 2 parameters; a coupled optim.weight_decay would decay them.
+    c.model.fourier_param = False
     c.model.noise_mult = 1  # noise-embedding width = noise_mult * channels (NCSN++: 2)
     c.model.encoder_type = "standard"  # standard | residual (NCSN++'s progressive input)
     c.model.resample_filter = (1, 1)  # FIR filter of resampling blocks (NCSN++: (1, 3, 3, 1))
@@ -227,6 +232,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.vae.batch_size = 64  # images per encode call, global (rounded up to the devices)
     c.vae.part_images = 4096  # --mode=encode saves its progress every this many images
     c.vae.images = image_source()  # the image dataset --mode=encode reads (fields as c.data)
+
+    # --mode=import (docs/methods.md section 8): an NVlabs/edm network snapshot (.pkl) that
+    # becomes the workdir's step-0 checkpoint; the config must describe its network (README,
+    # "Importing EDM checkpoints"). "" = none; the EDM configs name their file in ~/.cache/cm/edm/.
+    c.edm_import = ml_collections.ConfigDict()
+    c.edm_import.path = ""
     return c
 
 

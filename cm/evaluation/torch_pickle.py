@@ -55,15 +55,19 @@ def _rebuild_tensor(storage, offset, size, stride, *unused):
 
 
 def _rebuild_parameter(data, *unused):
-    del unused
+    """torch._utils._rebuild_parameter(_with_state): the parameter's data (an array)."""
+    del unused  # requires_grad, backward hooks, Python state
     return data
 
 
-_GLOBALS = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
+# The torch functions a pickled tensor names, mapped to their numpy rebuilders: torch.save'd
+# state dicts and plain pickles (cm/edm_import/reader.py) rebuild tensors with the same ones.
+TENSOR_GLOBALS = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
 }
+_GLOBALS = {("collections", "OrderedDict"): collections.OrderedDict, **TENSOR_GLOBALS}
 
 
 class _Unpickler(pickle.Unpickler):
@@ -136,6 +140,16 @@ def _read_legacy(data: bytes) -> dict:
         out = pending[str(key)]
         out[...] = np.frombuffer(f.read(count * out.itemsize), out.dtype.newbyteorder("<"))
     return obj
+
+
+def storage_from_bytes(data: bytes) -> np.ndarray:
+    """torch.storage._load_from_bytes for numpy: a plain pickle (not torch.save) stores each
+    tensor's storage as the bytes of a legacy torch.save of that storage alone; returns its
+    elements as a 1-D array."""
+    storage = _read_legacy(bytes(data))
+    if not isinstance(storage, np.ndarray) or storage.ndim != 1:
+        raise pickle.UnpicklingError("storage bytes that do not hold one tensor storage")
+    return storage
 
 
 def read_state_dict(data: bytes) -> dict[str, np.ndarray]:

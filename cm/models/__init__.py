@@ -43,6 +43,7 @@ def _fields(config) -> dict:
         dropout_max_resolution=m.dropout_max_resolution,
         embedding=m.embedding,
         fourier_scale=m.fourier_scale,
+        fourier_param=bool(m.fourier_param),
         noise_mult=m.noise_mult,
         encoder_type=m.encoder_type,
         resample_filter=tuple(m.resample_filter),

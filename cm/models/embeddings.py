@@ -15,6 +15,7 @@ parameters sit at the network's top level under EDM's names (map_layer0, map_lab
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -38,17 +39,28 @@ def positional_embedding(x, num_channels: int, endpoint: bool = True, cos_first:
     return jnp.concatenate(parts, axis=-1)
 
 
+def fourier_frequencies(num_channels: int, scale: float, seed: int) -> np.ndarray:
+    """The [C/2] frozen frequencies of NCSN++'s Fourier features: numpy's draw from `seed`."""
+    return np.random.RandomState(seed).randn(num_channels // 2) * scale
+
+
+def fourier_features(x, freqs):
+    """[B] labels, [C/2] frequencies -> [B, C] features sin(2 pi x f), cos(2 pi x f)."""
+    x = x[:, None] * (2 * np.pi * jnp.asarray(freqs, jnp.float32))[None, :]  # [B, C/2]
+    return jnp.concatenate([jnp.sin(x), jnp.cos(x)], axis=-1)
+
+
 def fourier_embedding(x, num_channels: int, scale: float, seed: int):
     """Random Fourier features of NCSN++ (EDM `FourierEmbedding`), ordered (sin, cos).
 
     The frequencies are frozen: drawn with numpy from `seed` when the function is traced, so they
     are compile-time constants, identical for every init key and never in the parameters (EDM
     keeps them in a buffer; score_sde's flax NCSN++ keeps them as a stop-gradient parameter 'W',
-    which adds num_channels / 2 to its count). The noise label is config.method.noise_label's.
+    which adds num_channels / 2 to its count). NoiseEmbedding.fourier_param keeps them in the
+    parameters instead, for networks whose frequencies come from a file (cm/edm_import). The
+    noise label is config.method.noise_label's.
     """
-    freqs = np.random.RandomState(seed).randn(num_channels // 2) * scale  # [C/2]
-    x = x[:, None] * jnp.asarray(2 * np.pi * freqs, jnp.float32)[None, :]  # [B, C/2]
-    return jnp.concatenate([jnp.sin(x), jnp.cos(x)], axis=-1)
+    return fourier_features(x, fourier_frequencies(num_channels, scale, seed))
 
 
 EMBEDDINGS = {
@@ -60,7 +72,13 @@ EMBEDDINGS = {
 
 
 class NoiseEmbedding(nn.Module):
-    """Parameter-free embedding of the noise label; a module so its output can be inspected."""
+    """Parameter-free embedding of the noise label; a module so its output can be inspected.
+
+    fourier_param: keep the Fourier frequencies as the parameter `freqs` [C/2] (initialized to
+    the seeded draw, used under stop_gradient, so no gradient moves them; a coupled weight decay
+    would) instead of a constant: an imported EDM NCSN++ brings its own frequencies (EDM draws
+    them with torch at construction), which no seed reproduces.
+    """
 
     kind: str
     num_channels: int
@@ -68,9 +86,16 @@ class NoiseEmbedding(nn.Module):
     fourier_seed: int = 0
     positional_endpoint: bool = True
     positional_cos_first: bool = False
+    fourier_param: bool = False
 
+    @nn.compact
     def __call__(self, noise_labels):  # [B] -> [B, num_channels] float32
         x = noise_labels.astype(jnp.float32)  # sinusoids of 250 ln(sigma) need float32
+        if self.kind == "fourier" and self.fourier_param:
+            draw = fourier_frequencies(self.num_channels, self.fourier_scale, self.fourier_seed)
+            init = lambda key, shape: jnp.asarray(draw, jnp.float32)
+            freqs = self.param("freqs", init, draw.shape)  # [C/2]
+            return fourier_features(x, jax.lax.stop_gradient(freqs))
         return EMBEDDINGS[self.kind](x, self.num_channels, self)
 
 

@@ -51,6 +51,7 @@ class UNet(nn.Module):
     embedding: str = "positional"  # positional | fourier (keys of embeddings.EMBEDDINGS)
     fourier_scale: float = 16.0  # NCSN++ 16; iCT 0.02
     fourier_seed: int = 0  # seed of the frozen Fourier frequencies
+    fourier_param: bool = False  # frequencies as a stop-gradient parameter (imported NCSN++)
     positional_endpoint: bool = True  # DDPM++ True, ADM False (see positional_embedding)
     positional_cos_first: bool = False  # DDPM++ (sin, cos), ADM (cos, sin)
     mapping: str = "song"  # song | adm (keys of embeddings.MAPPINGS): where the label enters
@@ -101,6 +102,7 @@ class UNet(nn.Module):
             self.fourier_seed,
             self.positional_endpoint,
             self.positional_cos_first,
+            self.fourier_param,
             name="map_noise",
         )(noise_labels)  # [B, noise_mult * channels] float32
         if self.augment_dim:
