@@ -93,6 +93,30 @@ NETWORKS = {
             use_fp16=False,
         ),
     ),
+    # The smallest one, for the suite's end-to-end test of --mode=import and --mode=sample.
+    "ddpmpp_micro": (
+        "configs/cifar10_edm.py:cond",
+        {
+            "data.image_size": 8,
+            "model.channels": 16,
+            "model.channel_mult": (1, 2),
+            "model.num_blocks": 1,
+            "model.attn_resolutions": (4,),
+        },
+        dict(
+            img_resolution=8,
+            img_channels=3,
+            label_dim=10,
+            **_DDPMPP,
+            model_channels=16,
+            channel_mult=[1, 2],
+            num_blocks=1,
+            attn_resolutions=[4],
+            augment_dim=9,
+            dropout=0.13,
+            use_fp16=False,
+        ),
+    ),
     "adm_tiny": (
         "configs/imagenet64_edm.py",
         {

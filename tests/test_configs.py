@@ -14,8 +14,9 @@ VARIANTS = {
     "demo": (),
     "demo_slct": ("no_cauchy", "no_diffusion", "no_ot", "groupnorm"),
     "cifar10_ict": ("deep",),
-    "cifar10_edm": (),
+    "cifar10_edm": ("cond", "ve", "ve_cond"),
     "imagenet64_ict": (),
+    "imagenet64_edm": (),
     "celebahq256_slct": ("slct", "ilct"),
 }
 

@@ -109,10 +109,9 @@ def read_network(path: str) -> EdmNetwork:
     )
 
 
-def plan(config, network: EdmNetwork, shapes) -> list:
-    """The checked name map (name_map.Entry per Flax leaf) of `network` onto the config's
-    network, whose params tree has the shapes `shapes`; one ValueError at the first mismatch."""
-    hint = architecture.suggestion(network.source)
+def check(config, network: EdmNetwork):
+    """One ValueError when the config does not describe the file's network, preconditioning
+    and noise label (architecture.py); cheap, so callers run it before building anything."""
     architecture.check_config(
         config,
         network.source,
@@ -121,6 +120,13 @@ def plan(config, network: EdmNetwork, shapes) -> list:
         network.model_class,
         network.model_kwargs,
     )
+
+
+def plan(config, network: EdmNetwork, shapes) -> list:
+    """The checked name map (name_map.Entry per Flax leaf) of `network` onto the config's
+    network, whose params tree has the shapes `shapes`; one ValueError at the first mismatch."""
+    check(config, network)
+    hint = architecture.suggestion(network.source)
     facts = architecture.network_facts(config)
     edm_shapes = {k: v.shape for k, v in network.tensors.items()}
     entries = name_map.plan(

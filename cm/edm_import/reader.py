@@ -189,7 +189,7 @@ def flatten(node, prefix: str = "") -> tuple[dict, dict]:
                 continue
             if not isinstance(value, np.ndarray):
                 raise ValueError(f"{prefix}{name} of the file is a {type(value).__name__}")
-            tensors[prefix + name] = np.array(value)  # a copy, contiguous
+            tensors[prefix + name] = np.ascontiguousarray(value)  # [shape]: the file's layout
     for name, child in state["_modules"].items():
         if child is None:
             continue

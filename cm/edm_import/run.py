@@ -26,6 +26,7 @@ RECORD = "import.json"
 def import_edm(config, workdir: str):
     """Reads config.edm_import.path and writes its EMA network as workdir's step-0 state."""
     network = load.read_network(config.edm_import.path)
+    load.check(config, network)  # the config's first difference from the file, before building
     exp = experiment.build(config)
     shapes = jax.eval_shape(lambda: experiment.init_params(exp, config))
     params = load.flax_params(config, network, shapes)
