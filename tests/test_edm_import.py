@@ -13,10 +13,13 @@ imported networks' outputs with EDM's torch outputs; BENCHMARKS.md).
 import contextlib
 import functools
 import gzip
+import hashlib
+import io
 import json
 import os
 import pathlib
 import pickle
+import re
 import sys
 import types
 
@@ -61,8 +64,6 @@ def config_for(name: str, path: str = ""):
 
 def one_sentence(message: str) -> bool:
     """One line ending in a period, no sentence break inside."""
-    import re
-
     return "\n" not in message and message.endswith(".") and not re.search(r"\. [A-Z]", message)
 
 
@@ -175,7 +176,7 @@ def edm_persistence_module():
                 sys.modules[k] = v
 
 
-def edm_snapshot(network, source: str, **extra) -> bytes:
+def edm_snapshot(network, source: str, protocol: int = 4, **extra) -> bytes:
     """The dict EDM's training loop pickles, around `network` (None: no 'ema' entry)."""
     data = dict(
         loss_fn=PersistentObject("EDMLoss", source, P_mean=-1.2, P_std=1.2, sigma_data=0.5),
@@ -186,7 +187,7 @@ def edm_snapshot(network, source: str, **extra) -> bytes:
     if network is not None:
         data["ema"] = network
     with edm_persistence_module():
-        return pickle.dumps(data, protocol=4)
+        return pickle.dumps(data, protocol=protocol)
 
 
 @pytest.fixture
@@ -231,9 +232,21 @@ def test_reader_gives_back_every_tensor_and_runs_nothing(tmp_path, poison, name)
     if network.model_class == "SongUNet":
         assert type(block.attrs["skip_scale"]) is float
     assert network.modules["model.enc"].class_name == "ModuleDict"
-    import hashlib
-
     assert network.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("protocol", [3, 5])
+def test_other_pickle_protocols_read_the_same(tmp_path, poison, protocol):
+    """EDM wrote protocol 4 (Python 3.8+); protocol 3 (Python < 3.8) spells sets as
+    builtins.set(list) and has no frames, protocol 5 is today's highest."""
+    net = build_modules(manifest()["ddpmpp_micro"], poison)
+    path = tmp_path / "old.pkl"
+    path.write_bytes(edm_snapshot(net, poison, protocol=protocol))
+    network = load.read_network(str(path))
+    state = net.state_dict()
+    assert set(network.tensors) == set(state)
+    for key, value in state.items():
+        np.testing.assert_array_equal(network.tensors[key], value.numpy())
 
 
 def test_reader_rebuilds_views_and_dtypes_as_torch_pickles_them():
@@ -246,10 +259,25 @@ def test_reader_rebuilds_views_and_dtypes_as_torch_pickles_them():
         "half": torch.tensor([0.5, -2.0], dtype=torch.float16),
         "long": torch.tensor([3, -7], dtype=torch.int64),
     }
-    obj = reader.load(__import__("io").BytesIO(pickle.dumps(tensors)), "t.pkl")
+    obj = reader.load(io.BytesIO(pickle.dumps(tensors)), "t.pkl")
     for key, value in tensors.items():
         assert obj[key].dtype == value.numpy().dtype
         np.testing.assert_array_equal(obj[key], value.numpy())
+
+
+def test_fourier_param_starts_at_the_seeded_draw_and_gets_no_gradient():
+    """model.fourier_param keeps NCSN++'s frequencies as a parameter: a fresh one equals the
+    constant frequencies (same features), and no gradient reaches it (stop_gradient)."""
+    from cm.models.embeddings import NoiseEmbedding
+
+    x = jax.numpy.asarray([0.3, -1.2])
+    constant = NoiseEmbedding("fourier", 8, fourier_scale=16.0)
+    as_param = NoiseEmbedding("fourier", 8, fourier_scale=16.0, fourier_param=True)
+    variables = as_param.init(jax.random.key(0), x)
+    assert variables["params"]["freqs"].shape == (4,)
+    np.testing.assert_allclose(as_param.apply(variables, x), constant.apply({}, x), rtol=1e-6)
+    grad = jax.grad(lambda v: as_param.apply(v, x).sum())(variables)
+    np.testing.assert_array_equal(grad["params"]["freqs"], np.zeros(4))
 
 
 # --- The name map ----------------------------------------------------------------------------

@@ -105,6 +105,8 @@ GLOBALS = {
     **torch_pickle.TENSOR_GLOBALS,
     ("torch.nn.modules.container", "ModuleDict"): TorchModule,
     ("collections", "OrderedDict"): collections.OrderedDict,
+    # Protocol 3 (Python < 3.8) spells sets this way; protocol 4, which EDM's Python 3.8+
+    # wrote, has set opcodes. Protocols 0-2 (Python 2 names, bytes via _codecs) are refused.
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("dnnlib.util", "EasyDict"): EasyDict,
