@@ -266,16 +266,19 @@ def test_reader_rebuilds_views_and_dtypes_as_torch_pickles_them():
 
 
 def test_fourier_param_starts_at_the_seeded_draw_and_gets_no_gradient():
-    """model.fourier_param keeps NCSN++'s frequencies as a parameter: a fresh one equals the
-    constant frequencies (same features), and no gradient reaches it (stop_gradient)."""
-    from cm.models.embeddings import NoiseEmbedding
+    """model.fourier_param keeps NCSN++'s frequencies as a parameter: a fresh one holds the
+    seeded draw, its features are those of the constant frequencies (up to 2 pi f computed in
+    float32 from the float32 parameter, as EDM does, instead of in float64: |2 pi f x| < 400
+    here, so the arguments differ by < 1e-4), and no gradient reaches it (stop_gradient)."""
+    from cm.models.embeddings import NoiseEmbedding, fourier_frequencies
 
     x = jax.numpy.asarray([0.3, -1.2])
     constant = NoiseEmbedding("fourier", 8, fourier_scale=16.0)
     as_param = NoiseEmbedding("fourier", 8, fourier_scale=16.0, fourier_param=True)
     variables = as_param.init(jax.random.key(0), x)
-    assert variables["params"]["freqs"].shape == (4,)
-    np.testing.assert_allclose(as_param.apply(variables, x), constant.apply({}, x), rtol=1e-6)
+    draw = fourier_frequencies(8, 16.0, 0).astype(np.float32)
+    np.testing.assert_array_equal(variables["params"]["freqs"], draw)
+    np.testing.assert_allclose(as_param.apply(variables, x), constant.apply({}, x), atol=1e-4)
     grad = jax.grad(lambda v: as_param.apply(v, x).sum())(variables)
     np.testing.assert_array_equal(grad["params"]["freqs"], np.zeros(4))
 

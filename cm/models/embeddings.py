@@ -44,9 +44,10 @@ def fourier_frequencies(num_channels: int, scale: float, seed: int) -> np.ndarra
     return np.random.RandomState(seed).randn(num_channels // 2) * scale
 
 
-def fourier_features(x, freqs):
-    """[B] labels, [C/2] frequencies -> [B, C] features sin(2 pi x f), cos(2 pi x f)."""
-    x = x[:, None] * (2 * np.pi * jnp.asarray(freqs, jnp.float32))[None, :]  # [B, C/2]
+def fourier_features(x, angular):
+    """[B] labels, [C/2] angular frequencies 2 pi f (float32) -> [B, C] features
+    sin(2 pi f x), cos(2 pi f x)."""
+    x = x[:, None] * angular[None, :]  # [B, C/2]
     return jnp.concatenate([jnp.sin(x), jnp.cos(x)], axis=-1)
 
 
@@ -60,7 +61,8 @@ def fourier_embedding(x, num_channels: int, scale: float, seed: int):
     parameters instead, for networks whose frequencies come from a file (cm/edm_import). The
     noise label is config.method.noise_label's.
     """
-    return fourier_features(x, fourier_frequencies(num_channels, scale, seed))
+    freqs = fourier_frequencies(num_channels, scale, seed)  # [C/2] float64
+    return fourier_features(x, jnp.asarray(2 * np.pi * freqs, jnp.float32))
 
 
 EMBEDDINGS = {
@@ -95,7 +97,8 @@ class NoiseEmbedding(nn.Module):
             draw = fourier_frequencies(self.num_channels, self.fourier_scale, self.fourier_seed)
             init = lambda key, shape: jnp.asarray(draw, jnp.float32)
             freqs = self.param("freqs", init, draw.shape)  # [C/2]
-            return fourier_features(x, jax.lax.stop_gradient(freqs))
+            # 2 pi f in float32, as EDM's FourierEmbedding computes it from its float32 buffer.
+            return fourier_features(x, 2 * np.pi * jax.lax.stop_gradient(freqs))
         return EMBEDDINGS[self.kind](x, self.num_channels, self)
 
 
