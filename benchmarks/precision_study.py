@@ -156,7 +156,7 @@ def raw_output_rms(denoise, config, params, images, noise, sigma: float) -> floa
     """RMS of the network's own output F = (f - c_skip x_s) / c_out at noise level sigma."""
     s = jnp.full((images.shape[0],), sigma, jnp.float32)  # [B]
     noisy = images + sigma * noise  # [B, H, W, C]
-    f = denoise(params, noisy, s)
+    f = jax.jit(denoise)(params, noisy, s)  # [B, H, W, C]
     m = config.method
     c_skip, c_out, _ = precond.consistency_scalings(sigma, m.sigma_data, m.sigma_min)
     return float(jnp.sqrt(jnp.mean(jnp.square((f - c_skip * noisy) / c_out))))
