@@ -41,7 +41,9 @@ def get_config(arg=None):
     c.model.use_labels = False
     c.model.augment_dim = 9  # EDM's train.py with --augment > 0
     # EDM's training loop turns TF32 off for cuDNN convolutions and cuBLAS matmuls and trains
-    # CIFAR-10 in float32 (no --fp16): full float32.
+    # CIFAR-10 in float32 (no --fp16): full float32. (The precision study of docs/methods.md
+    # section 2, Readings, concerns consistency losses; EDM's loss has no such small difference.)
+    c.model.dtype = "float32"
     c.model.matmul_precision = "highest"
 
     c.method.name = "edm"
