@@ -1,6 +1,6 @@
 """Precision study (issue 13): does a lower precision drown iCT's consistency signal?
 
-    python -m benchmarks.precision_study            # cifar10_ict's NCSN++; ~8 min on 2 CPU cores
+    python -m benchmarks.precision_study            # cifar10_ict NCSN++: 23 min, busy 2-core CPU
     python -m benchmarks.precision_study --quick    # a tiny NCSN++ (seconds)
 
 On the finest iCT grid (N = method.s1 + 1 = 1281 Karras levels, docs/methods.md section 2), at
@@ -76,7 +76,7 @@ QUICK = {
 
 _QUICK = flags.DEFINE_bool("quick", False, "A tiny NCSN++ (a CPU check of the study itself).")
 _BATCH = flags.DEFINE_integer("batch", 0, "Images per level; 0 = 4 (--quick: 2).")
-_LEVELS = flags.DEFINE_integer("levels", 0, "Pair indices in the grid; 0 = 24 (--quick: 4).")
+_LEVELS = flags.DEFINE_integer("levels", 0, "Pair indices in the grid; 0 = 20 (--quick: 4).")
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS)[1:], f"Any of {list(VARIANTS)[1:]}.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the images, the noise and the network.")
 _PNG = flags.DEFINE_string(
@@ -388,7 +388,7 @@ def main(argv):
     if _FROM_JSON.value:
         report(fileio.read_json(_FROM_JSON.value), png, header=True)
         return
-    batch, levels = _BATCH.value or (2 if quick else 4), _LEVELS.value or (4 if quick else 24)
+    batch, levels = _BATCH.value or (2 if quick else 4), _LEVELS.value or (4 if quick else 20)
     record = measure(quick, batch, levels, variants, _SEED.value)
     json_path = output_path(_JSON.value, quick, "docs/precision_study.json")
     if json_path:

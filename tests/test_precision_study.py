@@ -45,12 +45,13 @@ def test_every_conv_and_matmul_gets_rounded_inputs_also_inside_jit_and_custom_jv
         return jax.jit(lambda h, e: jax.nn.relu(h) @ e)(conv(x, w), d)
 
     r = lambda a: em.round_mantissa(a, em.BFLOAT16_BITS)  # noqa: E731
-    expected = jax.nn.relu(conv(r(image), r(kernel))) @ r(dense)
-    by_hand = r(jax.nn.relu(conv(r(image), r(kernel)))) @ r(dense)
+    # Rounding only the conv's inputs, and every matmul's (jitted: one compile, not one per op).
+    expected = jax.jit(lambda x, w, d: jax.nn.relu(conv(r(x), r(w))) @ r(d))(image, kernel, dense)
+    by_hand = jax.jit(lambda x, w, d: r(jax.nn.relu(conv(r(x), r(w)))) @ r(d))(image, kernel, dense)
     emulated = jax.jit(em.with_rounded_matmul_inputs(fn, em.BFLOAT16_BITS))(image, kernel, dense)
     np.testing.assert_array_equal(np.asarray(emulated), np.asarray(by_hand))
     assert not np.array_equal(np.asarray(emulated), np.asarray(expected))  # the dot's lhs too
-    assert not np.array_equal(np.asarray(emulated), np.asarray(fn(image, kernel, dense)))
+    assert not np.array_equal(np.asarray(emulated), np.asarray(jax.jit(fn)(image, kernel, dense)))
 
 
 def test_metrics_of_a_variant_equal_to_the_reference_are_exactly_zero():
