@@ -67,7 +67,9 @@ def get_config(arg=None):
         c.model.encoder_type = "residual"
         c.model.resample_filter = (1, 3, 3, 1)
     # EDM's training loop turns TF32 off for cuDNN convolutions and cuBLAS matmuls and trains
-    # CIFAR-10 in float32 (no --fp16): full float32.
+    # CIFAR-10 in float32 (no --fp16): full float32. (The precision study of docs/methods.md
+    # section 2, Readings, concerns consistency losses; EDM's loss has no such small difference.)
+    c.model.dtype = "float32"
     c.model.matmul_precision = "highest"
 
     c.method.name = "edm"

@@ -37,10 +37,13 @@ def get_config(arg=None):
     c.model.encoder_type = "residual"
     c.model.resample_filter = (1, 3, 3, 1)
     c.model.use_labels = False
-    # iCT released no code; the consistency-models CIFAR-10 JAX code it builds on
-    # (openai/consistency_models_cifar10, on CUDA GPUs) sets no precision: JAX's default,
-    # TF32 convolutions and matmuls on A100s.
-    c.model.matmul_precision = "default"
+    # Full float32 (docs/methods.md section 2, Readings): at N = 1281 the difference between
+    # neighbouring levels is smaller than the rounding noise of TF32 (GPUs' default) above
+    # sigma ~ 5 and of bfloat16 above sigma ~ 0.2 (BENCHMARKS.md, "Precision study"). iCT
+    # released no code; the CIFAR-10 JAX code it builds on sets no precision (TF32 on A100s):
+    # --config.model.matmul_precision=default runs that, faster on GPUs and TPUs.
+    c.model.dtype = "float32"
+    c.model.matmul_precision = "highest"
 
     c.method.name = "ict"
     c.method.s0 = 10

@@ -35,7 +35,10 @@ def get_config(arg=None):
     c.model.dropout_max_resolution = 16  # (unverified) dropout only at 16x16 and below
     c.model.embedding = "positional"
     c.model.use_labels = True
-    c.model.matmul_precision = "default"  # (unverified) as configs/cifar10_ict.py: JAX's default
+    # Full float32, as configs/cifar10_ict.py (docs/methods.md section 2, Readings: measured on
+    # NCSN++ at the same N = 1281).
+    c.model.dtype = "float32"
+    c.model.matmul_precision = "highest"
 
     c.method.name = "ict"
     c.method.s0 = 10
