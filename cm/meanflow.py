@@ -89,6 +89,12 @@ def sample_tr(
     return t, jnp.where(equal, t, r)
 
 
+def total_derivative(u_of, z, r, t, v):
+    """(u, du/dt) = jvp(u_of, (z, r, t), (v, 0, 1)): the derivative along the trajectory
+    dz/dt = v with r held fixed. z, v: [B, H, W, C]; r, t: [B]."""
+    return jax.jvp(u_of, (z, r, t), (v, jnp.zeros_like(r), jnp.ones_like(t)))
+
+
 def adaptive_weighted(err, p: float, eps: float):
     """err / sg(err + eps)^p per sample (err: [B] squared norms); p = 0 is the plain L2."""
     return err / jax.lax.stop_gradient(jnp.power(err + eps, p))
@@ -133,14 +139,13 @@ def meanflow_loss(
     e = jax.random.normal(k_noise, x.shape, x.dtype)
     z = bcast(1.0 - t) * x + bcast(t) * e
     v = e - x
-    tangents = (v, jnp.zeros_like(r), jnp.ones_like(t))  # d/dt along the trajectory
     if fused_jvp:
         fn = lambda z_, r_, t_: u(params, z_, r_, t_, labels, True, k_dropout)
-        pred, dudt = jax.jvp(fn, (z, r, t), tangents)
+        pred, dudt = total_derivative(fn, z, r, t, v)
     else:
         frozen = jax.lax.stop_gradient(params)
         fn = lambda z_, r_, t_: u(frozen, z_, r_, t_, labels, True, k_dropout)
-        _, dudt = jax.jvp(fn, (z, r, t), tangents)
+        _, dudt = total_derivative(fn, z, r, t, v)
         pred = u(params, z, r, t, labels, True, k_dropout)
     target = jax.lax.stop_gradient(v - bcast(t - r) * dudt)
     err = jnp.sum(jnp.square(pred - target), axis=(1, 2, 3))  # [B]
