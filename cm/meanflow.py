@@ -73,17 +73,17 @@ def sample_tr(
     r_mean: float,
     r_std: float,
     equal_fraction: float,
-    order: str,
+    tr_order: str,
 ):
     """(t, r), float32 [n] each, t >= r: two independent logit-normal draws a (t's law) and b
     (r's law); "sorted" takes t, r = max, min (the paper's sampler), "clamped" t = a,
     r = min(a, b) (py-meanflow's v1). The first floor(n * equal_fraction) rows get r = t."""
-    if order not in TR_ORDERS:
-        raise ValueError(f"Unknown method.mf_tr_order {order!r}; valid: {list(TR_ORDERS)}.")
+    if tr_order not in TR_ORDERS:
+        raise ValueError(f"Unknown method.mf_tr_order {tr_order!r}; valid: {list(TR_ORDERS)}.")
     k_t, k_r = jax.random.split(key)
     a = logit_normal(k_t, n, t_mean, t_std)
     b = logit_normal(k_r, n, r_mean, r_std)
-    t = jnp.maximum(a, b) if order == "sorted" else a
+    t = jnp.maximum(a, b) if tr_order == "sorted" else a
     r = jnp.minimum(a, b)
     equal = jnp.arange(n) < int(n * equal_fraction)
     return t, jnp.where(equal, t, r)
@@ -134,7 +134,7 @@ def meanflow_loss(
         r_mean=r_mean,
         r_std=r_std,
         equal_fraction=equal_fraction,
-        order=tr_order,
+        tr_order=tr_order,
     )
     e = jax.random.normal(k_noise, x.shape, x.dtype)
     z = bcast(1.0 - t) * x + bcast(t) * e
