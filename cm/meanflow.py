@@ -115,14 +115,8 @@ def meanflow_loss(
     tr_order: str,
     norm_p: float,
     norm_eps: float,
-    fused_jvp: bool = True,
 ):
-    """MeanFlow loss (module docstring), batch mean. u: make_u(...).
-
-    fused_jvp (the official code): the JVP's primal is the prediction that carries the
-    gradient; False: the JVP of the stop-gradient network plus a separate forward pass with the
-    same dropout key. Both give the same loss and gradient. Returns (loss, metrics).
-    """
+    """MeanFlow loss (module docstring), batch mean. u: make_u(...). Returns (loss, metrics)."""
     del step
     x, labels = batch["image"], batch.get("label")  # [B, H, W, C], [B]
     k_time, k_noise, k_dropout = jax.random.split(rng, 3)
@@ -139,14 +133,10 @@ def meanflow_loss(
     e = jax.random.normal(k_noise, x.shape, x.dtype)
     z = bcast(1.0 - t) * x + bcast(t) * e
     v = e - x
-    if fused_jvp:
-        fn = lambda z_, r_, t_: u(params, z_, r_, t_, labels, True, k_dropout)
-        pred, dudt = total_derivative(fn, z, r, t, v)
-    else:
-        frozen = jax.lax.stop_gradient(params)
-        fn = lambda z_, r_, t_: u(frozen, z_, r_, t_, labels, True, k_dropout)
-        _, dudt = total_derivative(fn, z, r, t, v)
-        pred = u(params, z, r, t, labels, True, k_dropout)
+    # As the official code: the JVP's primal is the prediction that carries the gradient (a
+    # stop-gradient JVP plus a separate forward pass compiles to the same program).
+    fn = lambda z_, r_, t_: u(params, z_, r_, t_, labels, True, k_dropout)
+    pred, dudt = total_derivative(fn, z, r, t, v)
     target = jax.lax.stop_gradient(v - bcast(t - r) * dudt)
     err = jnp.sum(jnp.square(pred - target), axis=(1, 2, 3))  # [B]
     loss = jnp.mean(adaptive_weighted(err, norm_p, norm_eps))

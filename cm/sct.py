@@ -105,14 +105,12 @@ def scm_loss(
     prior_weighting: bool,
     teacher=None,
     teacher_params=None,
-    fused_jvp: bool = False,
 ):
     """sCT (teacher None) or sCD loss, batch mean of the per-sample loss in the module docstring.
 
     F: trigflow.make_flow(...), F(params, x_t, t, labels, train, dropout_rng); weighting:
     make_weighting(...); teacher: an F of the frozen teacher network (sCD), run in eval mode.
-    fused_jvp: take F_theta as the primal of the JVP (one network pass fewer) instead of a
-    separate forward pass; the gradient is the same. Returns (loss, metrics).
+    Returns (loss, metrics).
     """
     x0, labels = batch["image"], batch.get("label")  # [B, H, W, C], [B]
     k_time, k_noise, k_dropout = jax.random.split(rng, 3)
@@ -126,16 +124,12 @@ def scm_loss(
         dxdt = sigma_data * teacher(teacher_params, x_t, t, labels, False, None)
     dxdt = jax.lax.stop_gradient(dxdt)
 
-    if fused_jvp:  # one pass: the JVP's primal is F_theta itself, its tangent is stopped
-        F_theta, dF_scaled = jvp_tangent(
-            lambda x, s: F(params, x, s, labels, True, k_dropout), x_t, t, dxdt
-        )
-    else:  # the JVP of the stop-gradient network, then F_theta with the same dropout key
-        frozen = jax.lax.stop_gradient(params)
-        _, dF_scaled = jvp_tangent(
-            lambda x, s: F(frozen, x, s, labels, True, k_dropout), x_t, t, dxdt
-        )
-        F_theta = F(params, x_t, t, labels, True, k_dropout)
+    # The JVP of the stop-gradient network, then F_theta with the same dropout key. XLA merges
+    # the JVP's primal with this forward pass (identical computations): the compiled step has
+    # the convolutions, FLOPs and memory of taking F_theta as the JVP's primal.
+    frozen = jax.lax.stop_gradient(params)
+    _, dF_scaled = jvp_tangent(lambda x, s: F(frozen, x, s, labels, True, k_dropout), x_t, t, dxdt)
+    F_theta = F(params, x_t, t, labels, True, k_dropout)
     F_minus, dF_scaled = jax.lax.stop_gradient((F_theta, dF_scaled))
 
     r = tangent_warmup(step, warmup_steps)

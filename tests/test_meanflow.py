@@ -73,8 +73,7 @@ def test_total_derivative_equals_central_difference_float64():
         assert float(jnp.abs(dudt).max()) > 0.1
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_point_mass_average_velocity_has_zero_loss(fused):
+def test_point_mass_average_velocity_has_zero_loss():
     """For data at one point x*, the true average velocity is u(z, r, t) = (z - x*) / t for every
     r (straight paths); its total derivative is 0, so target = v = u and the loss is 0. Any other
     tangent order or sign would leave du/dt != 0."""
@@ -85,16 +84,13 @@ def test_point_mass_average_velocity_has_zero_loss(fused):
         def exact(p, z, r, t, labels=None, train=False, dropout_rng=None, augment_labels=None):
             return (z - p) / t[:, None, None, None]
 
-        loss, metrics = meanflow.meanflow_loss(
-            exact, point, batch, jax.random.key(4), 0, fused_jvp=fused, **LOSS
-        )
+        loss, metrics = meanflow.meanflow_loss(exact, point, batch, jax.random.key(4), 0, **LOSS)
         assert float(metrics["gap_mean"]) > 0.05  # most rows have r < t
         assert abs(float(loss)) < 1e-20 and float(metrics["v_mse"]) < 1e-20
 
 
-@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("equal_fraction", [0.25, 1.0])
-def test_loss_and_gradient_match_numpy_for_a_linear_network(fused, equal_fraction):
+def test_loss_and_gradient_match_numpy_for_a_linear_network(equal_fraction):
     """u = a z + b t + c r: the loss is mean err / (err + eps)^p with err = ||u - target||^2 and
     target = v - (t - r)(a v + b); its gradient is mean 2 (u - target) . du/dtheta / (err + eps)^p
     (no gradient through the target). With r = t everywhere the target is v: flow matching."""
@@ -103,7 +99,7 @@ def test_loss_and_gradient_match_numpy_for_a_linear_network(fused, equal_fractio
     kw = {**LOSS, "equal_fraction": equal_fraction}
 
     def loss_fn(p):
-        return meanflow.meanflow_loss(_linear_u, p, batch, rng, 0, fused_jvp=fused, **kw)
+        return meanflow.meanflow_loss(_linear_u, p, batch, rng, 0, **kw)
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     x = np.asarray(batch["image"], np.float64)

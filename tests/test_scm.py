@@ -145,12 +145,11 @@ def test_point_mass_data_gives_a_zero_tangent():
         module = sct.TimeWeighting(8)
         weighting = sct.make_weighting(module, lambda t: t)
         wparams = sct.init_weighting(module, jax.random.key(0))
-        for fused in (False, True):
-            loss, metrics = sct.scm_loss(
-                exact, weighting, point, wparams, batch, jax.random.key(3), 20_000,
-                prior_weighting=True, fused_jvp=fused, **KW,
-            )  # fmt: skip
-            assert float(metrics["tangent_norm"]) < 1e-9 and abs(float(loss)) < 1e-12
+        loss, metrics = sct.scm_loss(
+            exact, weighting, point, wparams, batch, jax.random.key(3), 20_000,
+            prior_weighting=True, **KW,
+        )  # fmt: skip
+        assert float(metrics["tangent_norm"]) < 1e-9 and abs(float(loss)) < 1e-12
 
 
 def test_jvp_tangent_equals_central_difference_float64():
@@ -185,15 +184,12 @@ def test_dropout_key_shared_by_jvp_and_forward_pass():
         return params["a"] * x_t
 
     weighting, wparams, _ = _weighting()
-    for fused in (False, True):
-        calls.clear()
-        sct.scm_loss(
-            spy, weighting, {"a": 0.5}, wparams, _batch(), jax.random.key(3), 0,
-            prior_weighting=True, fused_jvp=fused, **KW,
-        )  # fmt: skip
-        assert len(calls) == (1 if fused else 2)
-        assert all(train for train, _ in calls)
-        assert all(np.array_equal(calls[0][1], key) for _, key in calls)
+    sct.scm_loss(
+        spy, weighting, {"a": 0.5}, wparams, _batch(), jax.random.key(3), 0,
+        prior_weighting=True, **KW,
+    )  # fmt: skip
+    assert len(calls) == 2 and calls[0][0] and calls[1][0]  # the JVP, then F_theta; training
+    assert np.array_equal(calls[0][1], calls[1][1])
 
 
 def _tiny_net(dropout=0.0):
@@ -251,6 +247,7 @@ def test_unet_jvp_with_dropout_equals_finite_difference_with_the_same_mask():
     assert rel(fd, tangent) < 1e-2 and rel(other, tangent) > 0.1
 
 
+@pytest.mark.slow
 def test_edm_form_reproduces_the_edm_denoiser_and_boundary():
     """The edm form's x0 prediction cos t x_t - sin t sd F equals EDM's D(x_t / cos t, sd tan t),
     and F equals the paper's (cos t x_t - D) / (sd sin t); f(x, 0) = x in both forms."""
