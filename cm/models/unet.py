@@ -66,6 +66,10 @@ class UNet(nn.Module):
     head_channels: int = 0  # attention heads = max(1, C // head_channels); <= 0: one head
     emb_mult: int = 4  # conditioning embedding width = emb_mult * channels
     noise_mult: int = 1  # noise embedding width = noise_mult * channels (NCSN++ uses 2)
+    # A second noise label (MeanFlow's t - r or r, cm/meanflow.py) embedded like the first and
+    # concatenated with it, as the MeanFlow authors' CIFAR-10 U-Net does: the mapping network
+    # then reads 2 * noise_mult * channels features. False keeps every other network unchanged.
+    second_noise_label: bool = False
     adaptive_scale: bool = False  # False: add the embedding; True (ADM): scale and shift
     resample_filter: Sequence[int] = (1, 1)  # FIR filter of up/down blocks; NCSN++: (1, 3, 3, 1)
     resample_proj: bool = True  # 1x1 conv on the skip of resampling blocks (ADM: False)
@@ -89,13 +93,16 @@ class UNet(nn.Module):
                 )
         super().__post_init__()
 
-    def _embed(self, noise_labels, class_labels, augment_labels, batch: int):
-        """[B] noise labels (+ [B] class labels, [B, augment_dim] augmentation labels) ->
-        [B, emb_mult * channels] in `dtype`."""
-        noise_labels = jnp.broadcast_to(
-            jnp.asarray(noise_labels, jnp.float32).reshape(-1), (batch,)
-        )
-        noise = NoiseEmbedding(
+    def _embed(self, noise_labels, class_labels, augment_labels, batch: int, second=None):
+        """[B] noise labels (+ [B] second labels, [B] class labels, [B, augment_dim] augmentation
+        labels) -> [B, emb_mult * channels] in `dtype`."""
+        if self.second_noise_label != (second is not None):
+            raise ValueError(
+                "Pass second_noise_labels exactly when the network has second_noise_label=True "
+                "(MeanFlow's networks)."
+            )
+        labels = lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32).reshape(-1), (batch,))
+        embed = NoiseEmbedding(
             self.embedding,
             self.noise_mult * self.channels,
             self.fourier_scale,
@@ -104,7 +111,10 @@ class UNet(nn.Module):
             self.positional_cos_first,
             self.fourier_param,
             name="map_noise",
-        )(noise_labels)  # [B, noise_mult * channels] float32
+        )
+        noise = embed(labels(noise_labels))  # [B, noise_mult * channels] float32
+        if second is not None:  # [B, 2 * noise_mult * channels]
+            noise = jnp.concatenate([noise, embed(labels(second))], axis=-1)
         if self.augment_dim:
             if augment_labels is None:  # not augmented (sampling): zero labels
                 augment_labels = jnp.zeros((batch, self.augment_dim), jnp.float32)
@@ -141,15 +151,25 @@ class UNet(nn.Module):
         return self._conv(features, aux.shape[-1], "default", name, strides=2, padding="VALID")(aux)
 
     @nn.compact
-    def __call__(self, x, noise_labels, class_labels=None, augment_labels=None, *, train: bool):
+    def __call__(
+        self,
+        x,
+        noise_labels,
+        class_labels=None,
+        augment_labels=None,
+        *,
+        train: bool,
+        second_noise_labels=None,
+    ):
         """x: [B, H, W, C]; noise_labels: [B] (c_noise, or a scalar for all); class_labels: [B]
         int or None (ignored by an unconditional net); augment_labels: [B, augment_dim] or None
-        (zeros). Returns [B, H, W, out_channels] float32."""
+        (zeros); second_noise_labels: [B] or a scalar, only with second_noise_label=True.
+        Returns [B, H, W, out_channels] float32."""
         B, H, W, _ = x.shape
         levels = len(self.channel_mult)
         if H % 2 ** (levels - 1) or W % 2 ** (levels - 1):
             raise ValueError(f"Image size {H}x{W} must be divisible by 2^{levels - 1}.")
-        emb = self._embed(noise_labels, class_labels, augment_labels, B)
+        emb = self._embed(noise_labels, class_labels, augment_labels, B, second_noise_labels)
         # Rematerialized blocks keep only their inputs for the backward pass; `train` (argument
         # 3, counting self) is a Python bool, so it stays static.
         block_type = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock

@@ -1,0 +1,161 @@
+"""MeanFlow (docs/methods.md section 9): one-step generation by the average velocity.
+
+Conventions of the authors' code (Gsunshine/meanflow, JAX; Gsunshine/py-meanflow, CIFAR-10):
+t = 0 is data, t = 1 noise, z_t = (1 - t) x + t e with e ~ N(0, I), v = e - x, and r <= t.
+The network predicts the average velocity over [r, t],
+
+    u(z_t, r, t) = (1 / (t - r)) int_r^t v(z_s, s) ds,    so u(z, t, t) = v(z, t),
+
+conditioned on two time labels: (t, t - r) as both official codes do, or (t, r) (config
+method.mf_condition), each scaled by method.mf_time_scale (1: the raw times, as the code feeds
+its positional embedding) and embedded like the noise label (models/unet.py
+second_noise_label). The MeanFlow identity u = v - (t - r) du/dt (total derivative along the
+trajectory) gives the training target
+
+    (u, du/dt) = jvp(u, (z_t, r, t), (v, 0, 1));   target = sg(v - (t - r) du/dt)
+    loss_i = ||u - target||^2 / sg(||u - target||^2 + eps)^p     (sums over the sample)
+
+t and r are logit-normal; a fixed fraction of each batch has r = t (plain flow matching).
+Sampling: z_r = z_t - (t - r) u(z_t, r, t) over decreasing times from 1 to 0; one step is
+x = e - u(e, 0, 1).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from cm.trigflow import bcast
+
+MF_CONDITIONS = ("t_minus_r", "r")  # the second time label: t - r (both official codes) or r
+TR_ORDERS = ("sorted", "clamped")  # (t, r) = (max, min) of the draws (paper) | r = min(t, r)
+
+
+def make_u(model, condition: str, time_scale: float):
+    """u(params, z, r, t, labels=None, train=False, dropout_rng=None, augment_labels=None).
+
+    z: [B, H, W, C]; r, t: [B]. The network (second_noise_label=True) reads time_scale * t and
+    time_scale * (t - r) (condition "t_minus_r") or time_scale * r ("r"). Returns [B, H, W, C].
+    """
+    if condition not in MF_CONDITIONS:
+        raise ValueError(
+            f"Unknown method.mf_condition {condition!r}; valid: {list(MF_CONDITIONS)}."
+        )
+
+    def u(params, z, r, t, labels=None, train=False, dropout_rng=None, augment_labels=None):
+        second = t - r if condition == "t_minus_r" else r
+        rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+        extra = {} if augment_labels is None else {"augment_labels": augment_labels}
+        out = model.apply(
+            {"params": params},
+            z,
+            time_scale * t,
+            labels,
+            train=train,
+            rngs=rngs,
+            second_noise_labels=time_scale * second,
+            **extra,
+        )
+        return out.astype(z.dtype)
+
+    return u
+
+
+def logit_normal(key, n: int, mean: float, std: float):
+    """sigmoid(mean + std * N(0, 1)): float32 [n] in (0, 1)."""
+    return jax.nn.sigmoid(mean + std * jax.random.normal(key, (n,)))
+
+
+def sample_tr(
+    key,
+    n: int,
+    *,
+    t_mean: float,
+    t_std: float,
+    r_mean: float,
+    r_std: float,
+    equal_fraction: float,
+    tr_order: str,
+):
+    """(t, r), float32 [n] each, t >= r: two independent logit-normal draws a (t's law) and b
+    (r's law); "sorted" takes t, r = max, min (the paper's sampler), "clamped" t = a,
+    r = min(a, b) (py-meanflow's v1). The first floor(n * equal_fraction) rows get r = t."""
+    if tr_order not in TR_ORDERS:
+        raise ValueError(f"Unknown method.mf_tr_order {tr_order!r}; valid: {list(TR_ORDERS)}.")
+    k_t, k_r = jax.random.split(key)
+    a = logit_normal(k_t, n, t_mean, t_std)
+    b = logit_normal(k_r, n, r_mean, r_std)
+    t = jnp.maximum(a, b) if tr_order == "sorted" else a
+    r = jnp.minimum(a, b)
+    equal = jnp.arange(n) < int(n * equal_fraction)
+    return t, jnp.where(equal, t, r)
+
+
+def total_derivative(u_of, z, r, t, v):
+    """(u, du/dt) = jvp(u_of, (z, r, t), (v, 0, 1)): the derivative along the trajectory
+    dz/dt = v with r held fixed. z, v: [B, H, W, C]; r, t: [B]."""
+    return jax.jvp(u_of, (z, r, t), (v, jnp.zeros_like(r), jnp.ones_like(t)))
+
+
+def adaptive_weighted(err, p: float, eps: float):
+    """err / sg(err + eps)^p per sample (err: [B] squared norms); p = 0 is the plain L2."""
+    return err / jax.lax.stop_gradient(jnp.power(err + eps, p))
+
+
+def meanflow_loss(
+    u,
+    params,
+    batch,
+    rng,
+    step,
+    *,
+    t_mean: float,
+    t_std: float,
+    r_mean: float,
+    r_std: float,
+    equal_fraction: float,
+    tr_order: str,
+    norm_p: float,
+    norm_eps: float,
+):
+    """MeanFlow loss (module docstring), batch mean. u: make_u(...). Returns (loss, metrics)."""
+    del step
+    x, labels = batch["image"], batch.get("label")  # [B, H, W, C], [B]
+    k_time, k_noise, k_dropout = jax.random.split(rng, 3)
+    t, r = sample_tr(
+        k_time,
+        x.shape[0],
+        t_mean=t_mean,
+        t_std=t_std,
+        r_mean=r_mean,
+        r_std=r_std,
+        equal_fraction=equal_fraction,
+        tr_order=tr_order,
+    )
+    e = jax.random.normal(k_noise, x.shape, x.dtype)
+    z = bcast(1.0 - t) * x + bcast(t) * e
+    v = e - x
+    # As the official code: the JVP's primal is the prediction that carries the gradient (a
+    # stop-gradient JVP plus a separate forward pass compiles to the same program).
+    fn = lambda z_, r_, t_: u(params, z_, r_, t_, labels, True, k_dropout)
+    pred, dudt = total_derivative(fn, z, r, t, v)
+    target = jax.lax.stop_gradient(v - bcast(t - r) * dudt)
+    err = jnp.sum(jnp.square(pred - target), axis=(1, 2, 3))  # [B]
+    loss = jnp.mean(adaptive_weighted(err, norm_p, norm_eps))
+    metrics = {
+        "loss": loss,
+        "mse": jnp.mean(err) / x[0].size,
+        "v_mse": jnp.mean(jnp.square(jax.lax.stop_gradient(pred) - v)),  # monitoring only
+        "t_mean": jnp.mean(t),
+        "gap_mean": jnp.mean(t - r),
+    }
+    return loss, metrics
+
+
+def meanflow_sample(u, params, rng, labels, shape, *, times):
+    """e ~ N(0, I) at times[0]; z_r = z_t - (t - r) u(z_t, r, t) for consecutive (t, r) of the
+    decreasing `times` ending at 0: (1.0, 0.0) is one step, (1.0, 0.5, 0.0) two."""
+    b = shape[0]
+    z = jax.random.normal(rng, shape)
+    for t, r in zip(times[:-1], times[1:], strict=True):
+        tt, rr = jnp.full((b,), t), jnp.full((b,), r)
+        z = z - (t - r) * u(params, z, rr, tt, labels)
+    return z
