@@ -12,7 +12,10 @@ Each (run, seed) is one workdir, <workdir_root>/<name>/seed<k>, trained by a fre
 `launch.py --mode=eval` with the digits metric on --eval_samples samples per sampler; the
 numbers come from its eval/metrics_step<k>.json. Jobs run one at a time, seed by seed (all
 runs of seed 0 first, so a partial table already compares the runs). `--config.*` flags given
-to the tool apply to every run, before each run's own overrides.
+to the tool apply to every run, before each run's own overrides. `{seed}` in any flag becomes
+the seed, so a run can start each seed from the same seed of another run:
+`--run 'ect=configs/demo.py --config.method.name=ect
+--config.method.init_from=runs/quality/edm/seed{seed}'`.
 
 Resuming: run the same command again. A (run, seed) whose metrics file for the final step
 exists with as many samples is neither trained nor evaluated again; an unfinished training

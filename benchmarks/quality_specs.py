@@ -120,10 +120,18 @@ def workdir(root: str, run: RunSpec, seed: int) -> str:
     return f"{root.rstrip('/')}/{run.name}/seed{seed}"
 
 
+SEED_FIELD = "{seed}"  # replaced by the seed in every --config flag (config_args)
+
+
 def config_args(run: RunSpec, shared, seed: int) -> list[str]:
     """launch.py's --config flags of (run, seed): the file, shared, then the run's overrides,
-    then the seed. These define the training; the record in the workdir compares them."""
-    return [f"--config={run.config}", *shared, *run.overrides, f"--config.seed={seed}"]
+    then the seed. These define the training; the record in the workdir compares them.
+
+    `{seed}` in a flag becomes the seed, so each seed of a run can start from the same seed of
+    another (e.g. --config.method.init_from=runs/quality/edm/seed{seed})."""
+    flags_ = [*shared, *run.overrides]
+    flags_ = [flag.replace(SEED_FIELD, str(seed)) for flag in flags_]
+    return [f"--config={run.config}", *flags_, f"--config.seed={seed}"]
 
 
 def train_args(run: RunSpec, shared, seed: int, workdir_: str) -> list[str]:

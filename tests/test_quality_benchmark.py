@@ -192,6 +192,17 @@ def test_arguments_order_shared_then_run_then_seed():
     assert (config.method.s1, config.training.num_steps, config.seed) == (160, 20, 2)
 
 
+def test_seed_placeholder_becomes_each_seed():
+    # A run that starts each seed from the same seed of another run (ECT from the EDM runs).
+    run = quality_specs.RunSpec("b", "configs/demo.py", ("--config.data.path=runs/a/seed{seed}",))
+    assert quality_specs.config_args(run, ("--config.eval.stats_path=s{seed}.npz",), 2) == [
+        "--config=configs/demo.py",
+        "--config.eval.stats_path=s2.npz",
+        "--config.data.path=runs/a/seed2",
+        "--config.seed=2",
+    ]
+
+
 def test_load_config_errors_are_one_sentence():
     with pytest.raises(ValueError, match="unknown config field 'nope'"):
         quality_specs.load_config(["--config=configs/demo.py", "--config.method.nope=1"], "Run a")
