@@ -110,7 +110,7 @@ def check(config, shapes):
     _check_recorded_config(config, path, workdir)
     directory = workdir / "checkpoints" / str(step) / "default"
     try:
-        saved = ocp.StandardCheckpointer().metadata(directory).item_metadata.tree
+        saved = ocp.PyTreeCheckpointHandler().metadata(directory).tree
     except Exception as e:  # noqa: BLE001 - any unreadable metadata is the same user error
         raise ValueError(
             f"The checkpoint {directory} of method.init_from is unreadable ({type(e).__name__}); "
