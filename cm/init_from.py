@@ -30,8 +30,8 @@ INIT_PARAMS = ("ema", "params")  # method.init_params: which tree of the source
 def _missing(path: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"method.init_from={path!r} holds no cm checkpoint; point it at the workdir (or "
-        "<workdir>/checkpoints/<step>) of a run that saved one, e.g. an EDM run or "
-        "--mode=import's output."
+        "<workdir>/checkpoints/<step>) of a run that saved one, such as an EDM run or the "
+        "output of --mode=import."
     )
 
 
