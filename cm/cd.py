@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from cm import losses, schedules
 from cm.method_spec import (
     Method,
-    consistency_samplers,
     invalid,
     precond_pair,
 )
@@ -137,7 +136,7 @@ def check(config, mode: str):
 METHOD = Method(
     objective=objective,
     parameterization=precond_pair("consistency", "consistency"),
-    samplers=consistency_samplers,
+    sampler="consistency",
     init_extra=init_extra,
     update_extra=update_extra,
     check=check,

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 from cm import losses
 from cm.method_spec import (
     Method,
-    consistency_samplers,
     invalid,
     precond_pair,
 )
@@ -119,7 +118,7 @@ def check(config, mode: str):
 METHOD = Method(
     objective=objective,
     parameterization=precond_pair("edm", "consistency"),
-    samplers=consistency_samplers,
+    sampler="consistency",
     check=check,
     init_sources=("edm",),
 )

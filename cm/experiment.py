@@ -125,7 +125,7 @@ def abstract_state(exp: Experiment, config):
 
 
 def samplers(config, exp: Experiment) -> dict:
-    """Named data-parallel samplers of the run's method (its entry's `samplers`): e.g.
+    """Named data-parallel samplers of the run's method (its entry's sampler kind): e.g.
     consistency 1/2-step, or EDM Heun.
 
     On latent data (data.name = "latents") each sampler decodes its latents with the VAE and

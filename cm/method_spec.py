@@ -35,7 +35,7 @@ class Method:
 
     objective: Callable  # (config, Denoisers) -> loss_fn
     parameterization: Callable  # (config, model) -> Denoisers
-    samplers: Callable  # config -> {name: (kind, levels)}
+    sampler: str  # a key of methods.SAMPLER_KINDS: how the method samples
     init_aux: Callable | None = None  # (config, rng) -> trainable auxiliary parameters
     init_extra: Callable | None = None  # (config, params) -> untrained method state
     update_extra: Callable | None = None  # config -> fn(extra, params, step) -> extra
@@ -73,17 +73,26 @@ def stateless(loss_fn) -> Callable:
     return objective
 
 
-def consistency_samplers(config) -> dict:
+@dataclasses.dataclass(frozen=True)
+class SamplerKind:
+    """One kind of sampler (an entry of methods.SAMPLER_KINDS): its named instances and how
+    to build one."""
+
+    names: Callable  # config -> {sampler name: levels}
+    # (config, sample denoiser, levels) -> per-device fn(params, rng, labels, shape)
+    build: Callable
+
+
+def consistency_levels(config) -> dict:
     """One consistency sampler per entry of sampling.consistency_levels, named by its steps."""
     return {
-        f"{len(levels) + 1}step": ("consistency", tuple(levels))
-        for levels in config.sampling.consistency_levels
+        f"{len(levels) + 1}step": tuple(levels) for levels in config.sampling.consistency_levels
     }
 
 
-def heun_samplers(config) -> dict:
-    """EDM's Heun sampler with sampling.heun_steps steps."""
-    return {f"heun{config.sampling.heun_steps}": ("heun", ())}
+def heun_levels(config) -> dict:
+    """EDM's Heun sampler with sampling.heun_steps steps (no levels)."""
+    return {f"heun{config.sampling.heun_steps}": ()}
 
 
 def invalid(path: str, value, reason: str, fix: str = ""):

@@ -1,8 +1,8 @@
 """The method table: one entry per config.method.name, and the one place that dispatches on it.
 
 Adding a method means writing its module and adding one line to METHODS (and, for a new kind
-of sampler, one line to SAMPLER_KINDS); nothing else in `cm` names a method. An entry is a
-`method_spec.Method`:
+of sampler, one line to SAMPLER_KINDS); every dispatch on the method goes through here. An
+entry is a `method_spec.Method`:
 
     objective(config, denoisers) -> loss_fn
         loss_fn(params, batch, rng, step, aux=(), extra=()) -> (loss, metrics), traced inside
@@ -15,8 +15,10 @@ of sampler, one line to SAMPLER_KINDS); nothing else in `cm` names a method. An 
         how the raw network becomes the function the objective differentiates (train), the
         one the samplers call (sample) and a frozen diffusion teacher's (teacher).
         `method_spec.precond_pair(train_kind, sample_kind)` builds it from precond.SCALINGS.
-    samplers(config) -> {name: (kind, levels)}
-        the method's named samplers; kind is a key of SAMPLER_KINDS.
+    sampler: a key of SAMPLER_KINDS, the kind of the method's samplers. A kind
+        (method_spec.SamplerKind) names its instances from the config ({name: levels}, e.g.
+        1step and 2step from sampling.consistency_levels) and builds each as a per-device
+        fn(params, rng, labels, shape) around the entry's sample denoiser.
     init_aux(config, rng) -> pytree, or None (the default: no auxiliary parameters)
         trainable parameters besides the network (e.g. sCM's learned weighting w(t)). They are
         trained with the network by the same optimizer (their own optimizer state), and are
@@ -41,8 +43,9 @@ state.MethodTrainState, which adds aux, aux_opt_state and extra.
 from cm import augment, cd, ect, objectives, sampling
 from cm.method_spec import (
     Method,
-    consistency_samplers,
-    heun_samplers,
+    SamplerKind,
+    consistency_levels,
+    heun_levels,
     precond_pair,
     stateless,
 )
@@ -60,13 +63,13 @@ METHODS = {
     "ict": Method(
         objective=_single_denoiser(objectives.ict_objective),
         parameterization=precond_pair("consistency", "consistency"),
-        samplers=consistency_samplers,
+        sampler="consistency",
     ),
     # EDM diffusion (section 5): the EDM denoiser, Heun's sampler.
     "edm": Method(
         objective=_single_denoiser(objectives.edm_objective),
         parameterization=precond_pair("edm", "edm"),
-        samplers=heun_samplers,
+        sampler="heun",
     ),
     # ECT (section 8, cm/ect.py): EDM's denoiser in training, the consistency function at
     # sampling; usually started from an EDM run (method.init_from).
@@ -76,13 +79,19 @@ METHODS = {
     "cd": cd.METHOD,
 }
 
-# Sampler kinds: (config, sample denoiser, levels) -> per-device fn(params, rng, labels, shape).
+# Sampler kinds (cm/sampling.py): consistency 1-step / multistep, EDM's Heun.
 SAMPLER_KINDS = {
-    "consistency": lambda config, denoise, levels: sampling.sampler_from_config(
-        config, denoise, "consistency", levels
+    "consistency": SamplerKind(
+        names=consistency_levels,
+        build=lambda config, denoise, levels: sampling.sampler_from_config(
+            config, denoise, "consistency", levels
+        ),
     ),
-    "heun": lambda config, denoise, levels: sampling.sampler_from_config(
-        config, denoise, "heun", levels
+    "heun": SamplerKind(
+        names=heun_levels,
+        build=lambda config, denoise, levels: sampling.sampler_from_config(
+            config, denoise, "heun", levels
+        ),
     ),
 }
 
@@ -103,21 +112,23 @@ def objective(config, denoisers):
     return entry.objective(config, denoisers)
 
 
+def sampler_kinds(config) -> set:
+    """The kinds of sampler the run's method uses (config_checks checks their fields); known
+    before the fields themselves are checked."""
+    return {get(config.method.name).sampler}
+
+
 def sampler_specs(config) -> dict:
     """{name: (kind, levels)} of the run's method."""
-    return get(config.method.name).samplers(config)
-
-
-def sampler_kinds(config) -> set:
-    """The kinds of sampler the run's method uses (config_checks checks their fields)."""
-    return {kind for kind, _ in sampler_specs(config).values()}
+    kind = get(config.method.name).sampler
+    return {name: (kind, levels) for name, levels in SAMPLER_KINDS[kind].names(config).items()}
 
 
 def make_sampler(config, denoise, kind: str, levels=()):
     """The per-device sampler fn(params, rng, labels, shape) of one kind."""
     if kind not in SAMPLER_KINDS:
         raise ValueError(f"Unknown sampler kind {kind!r}; valid: {sorted(SAMPLER_KINDS)}.")
-    return SAMPLER_KINDS[kind](config, denoise, levels)
+    return SAMPLER_KINDS[kind].build(config, denoise, levels)
 
 
 def check(config, mode: str):

@@ -10,7 +10,7 @@ import pytest
 from helpers import tiny_config
 
 from cm import config_checks, experiment, methods, power_ema, precond, state, train
-from cm.method_spec import Denoisers, Method, consistency_samplers, precond_pair, stateless
+from cm.method_spec import Denoisers, Method, precond_pair, stateless
 
 
 class _Affine:
@@ -114,7 +114,7 @@ def test_auxiliary_parameters_are_trained_beside_the_network(monkeypatch):
     toy = Method(
         objective=lambda config, d: _toy_loss,
         parameterization=precond_pair("consistency", "consistency"),
-        samplers=consistency_samplers,
+        sampler="consistency",
         init_aux=lambda config, rng: {"v": jnp.float32(0.5)},
     )
     monkeypatch.setitem(methods.METHODS, "toy", toy)
