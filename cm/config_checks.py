@@ -4,6 +4,7 @@ sentence (launch.py prints `error: ...`, exit 2) before anything is written to t
 `check(config, mode)` is a pure function of the config. Fields that other modules already check
 before the workdir is touched are left to them: method.name, method.distance, optim.name,
 model.name / dtype / norm / embedding / encoder_type (experiment.build), data.* (data.py),
+method.init_from / init_params (init_from.py, at the training start, before any write),
 training.power_ema_stds (power_ema.py), training.batch_size against the devices
 (train.check_batch_size), sampling.batch_size against the devices (sampling.py), lcsc.*
 (lcsc/run.py, lcsc/search.py) and the --mode=encode fields (encode.py).
@@ -15,6 +16,7 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
+from cm import methods
 from cm.evaluation import evaluator
 
 SAMPLING_PARAMS = ("ema", "online")  # sampling.params: which parameters the samplers use
@@ -66,11 +68,13 @@ def _train_if(condition: Callable[[Any], bool]) -> Callable[[Any, str], bool]:
 
 
 def _consistency(config, mode: str) -> bool:
-    return mode in SAMPLING_MODES and config.method.name != "edm"
+    """The method samples with consistency samplers (cm/methods.py), which read the levels."""
+    return mode in SAMPLING_MODES and "consistency" in methods.sampler_kinds(config)
 
 
 def _heun(config, mode: str) -> bool:
-    return mode in SAMPLING_MODES and config.method.name == "edm"
+    """The method samples with EDM's Heun sampler, which reads the sampling.heun/churn fields."""
+    return mode in SAMPLING_MODES and "heun" in methods.sampler_kinds(config)
 
 
 def _reads_eval(config, mode: str) -> bool:
@@ -305,13 +309,28 @@ def _check_eval(config, mode: str):
         _fail(count, _get(config, count), reason, f"--config.{count} to at least {splits}")
 
 
+def _check_method(config, mode: str):
+    """The method's own fields (its entry's check), and method.init_from where it is required."""
+    methods.check(config, mode)
+    entry = methods.get(config.method.name)
+    if mode == "train" and entry.requires_init_from and not config.method.init_from:
+        _fail(
+            "method.init_from",
+            config.method.init_from,
+            f"method.name={config.method.name!r} starts from a trained diffusion model",
+            "--config.method.init_from to the workdir of an EDM run (or --mode=import's output)",
+        )
+
+
 def check(config, mode: str) -> None:
     """Raises ValueError, one sentence naming the field, its value and the fix, for the first
     config value that `mode` reads and cannot work with; returns None when all are usable."""
+    methods.get(config.method.name)  # an unknown method: one sentence naming the valid ones
     for rule in RULES:
         if rule.applies(config, mode):
             _check_rule(rule, config)
     _check_noise_range(config, mode)
+    _check_method(config, mode)
     if _consistency(config, mode):
         _check_levels(config)
     if mode in SAMPLING_MODES:

@@ -12,7 +12,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cm import keys, latents, objectives, power_ema, precision, precond, sampling, state
+from cm import init_from, keys, latents, methods, power_ema, precision, sampling, state
+from cm.method_spec import Denoisers
 from cm.models import build_model
 
 
@@ -33,12 +34,13 @@ def num_label_classes(config) -> int:
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     model: Any
-    denoise: Any  # (params, x, sigma, labels, train, dropout_rng) -> f or D
-    loss_fn: Any  # (params, batch, rng, step) -> (loss, metrics)
+    denoise: Any  # the samplers' (params, x, sigma, labels, train, dropout_rng) -> f or D
+    loss_fn: Any  # (params, batch, rng, step, aux=(), extra=()) -> (loss, metrics)
     tx: Any
     mesh: Mesh
     power_ema_gammas: tuple = ()  # exponents of training.power_ema_stds (cm/power_ema.py)
     ema_halflife: Any = None  # state.HalflifeEMA, the last EMA entry; None = off
+    update_extra: Any = None  # the method's (extra, params, step) -> extra; None = constant
 
     @property
     def replicated(self) -> NamedSharding:
@@ -50,25 +52,25 @@ class Experiment:
 
 
 def build(config, devices=None) -> Experiment:
-    objectives.check_method(config.method.name)
+    """The run's pieces for config.method.name, from its entry in the method table."""
+    entry = methods.get(config.method.name)
     model = build_model(config)
-    denoise = precond.make_denoiser(
-        model,
-        objectives.PRECONDITIONING[config.method.name],
-        config.method.noise_label,
-        config.method.sigma_data,
-        config.method.sigma_min,
-    )
     # Every network call (training loss, samplers, LCSC fitness) at model.matmul_precision.
-    denoise = precision.with_matmul_precision(denoise, config.model.matmul_precision)
+    denoisers = Denoisers(
+        *(
+            precision.with_matmul_precision(d, config.model.matmul_precision)
+            for d in entry.parameterization(config, model)
+        )
+    )
     return Experiment(
         model=model,
-        denoise=denoise,
-        loss_fn=objectives.make_objective(config, denoise),
+        denoise=denoisers.sample,
+        loss_fn=methods.objective(config, denoisers),
         tx=state.make_optimizer(config.optim),
         mesh=make_mesh(devices),
         power_ema_gammas=tuple(power_ema.std_to_gamma(s) for s in config.training.power_ema_stds),
         ema_halflife=state.halflife_ema(config.training),
+        update_extra=entry.update_extra(config) if entry.update_extra else None,
     )
 
 
@@ -81,46 +83,59 @@ def init_params(exp: Experiment, config):
     return exp.model.init({"params": rng}, x, jnp.zeros((1,)), labels, train=False)["params"]
 
 
-def _fresh_state(exp: Experiment, config) -> state.TrainState:
-    t = config.training
-    return state.create(init_params(exp, config), exp.tx, state.num_emas(t), len(t.power_ema_stds))
+def fresh_state(exp: Experiment, config, params) -> state.TrainState:
+    """The step-0 state around `params`: every EMA and power EMA a copy of them, a fresh
+    optimizer state, and the method's auxiliary parameters and extra state (cm/methods.py)."""
+    entry, t = methods.get(config.method.name), config.training
+    aux = entry.init_aux(config, keys.indexed(config.seed, "init", 1)) if entry.init_aux else None
+    extra = entry.init_extra(config, params) if entry.init_extra else None
+    num_emas, num_power = state.num_emas(t), len(t.power_ema_stds)
+    return state.create(params, exp.tx, num_emas, num_power, aux=aux, extra=extra)
+
+
+def check_init_from(exp: Experiment, config):
+    """method.init_from's checks (cm/init_from.py), reading metadata only: for a new run to
+    refuse a bad source before it writes anything."""
+    init_from.check(config, jax.eval_shape(lambda: init_params(exp, config)))
 
 
 def init_state(exp: Experiment, config) -> state.TrainState:
-    """A fresh replicated train state, built directly on the devices."""
+    """A fresh replicated train state, built directly on the devices: from random parameters,
+    or from those of the checkpoint method.init_from names (cm/init_from.py)."""
+    if config.method.init_from:
+        shapes = jax.eval_shape(lambda: init_params(exp, config))
+        host = init_from.load_params(config, shapes)  # numpy, read by every process
+        params = jax.tree.map(
+            lambda a: jax.make_array_from_callback(a.shape, exp.replicated, lambda i: a[i]), host
+        )
+        return jax.jit(lambda p: fresh_state(exp, config, p), out_shardings=exp.replicated)(params)
 
     def make():
-        return _fresh_state(exp, config)
+        return fresh_state(exp, config, init_params(exp, config))
 
     return jax.jit(make, out_shardings=exp.replicated)()
 
 
 def abstract_state(exp: Experiment, config):
     """Shapes, dtypes and shardings of the train state, for restoring without allocating it."""
-    shapes = jax.eval_shape(lambda: _fresh_state(exp, config))
+    shapes = jax.eval_shape(lambda: fresh_state(exp, config, init_params(exp, config)))
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=exp.replicated), shapes
     )
 
 
 def samplers(config, exp: Experiment) -> dict:
-    """Named data-parallel samplers for the run's method: consistency 1/2-step, or EDM Heun.
+    """Named data-parallel samplers of the run's method (its entry's sampler kind): e.g.
+    consistency 1/2-step, or EDM Heun.
 
     On latent data (data.name = "latents") each sampler decodes its latents with the VAE and
     returns images (cm/latents.py); this is the one place where latents become images.
     """
     shape, classes = image_shape(config), num_label_classes(config)
     decoding = latents.LatentDecoding(config, exp.mesh) if config.data.name == "latents" else None
-    if config.method.name == "edm":
-        specs = {f"heun{config.sampling.heun_steps}": ("heun", ())}
-    else:
-        specs = {
-            f"{len(levels) + 1}step": ("consistency", tuple(levels))
-            for levels in config.sampling.consistency_levels
-        }
     out = {}
-    for name, (kind, levels) in specs.items():
-        sample_fn = sampling.sampler_from_config(config, exp.denoise, kind, levels)
+    for name, (kind, levels) in methods.sampler_specs(config).items():
+        sample_fn = methods.make_sampler(config, exp.denoise, kind, levels)
         if decoding:
             sample_fn = decoding.per_device(sample_fn)
         parallel = sampling.make_parallel_sampler(sample_fn, exp.mesh, shape, classes)

@@ -1,8 +1,8 @@
 """Training objectives as pure functions: iCT consistency training and EDM denoising.
 
-`make_objective(config, denoise)` reads the config once and returns
-loss_fn(params, batch, rng, step) -> (loss, metrics); everything inside is traced, so one
-compiled step serves every stage of the curriculum.
+`ict_objective(config, denoise)` and `edm_objective(config, denoise)` read the config once and
+return loss_fn(params, batch, rng, step) -> (loss, metrics); everything inside is traced, so one
+compiled step serves every stage of the curriculum. The method table (cm/methods.py) lists them.
 """
 
 import functools
@@ -136,7 +136,8 @@ def edm_loss(
     return loss, {"loss": loss, "sigma_mean": jnp.mean(sigma)}
 
 
-def _ict_from_config(config, denoise):
+def ict_objective(config, denoise):
+    """iCT's loss_fn(params, batch, rng, step) with the config's values."""
     m = config.method
     if m.ot_coupling:  # fail at start-up, before the workdir is touched
         coupling.check_groups(config.training.batch_size, m.ot_group_size, jax.process_count())
@@ -163,7 +164,8 @@ def _ict_from_config(config, denoise):
     )
 
 
-def _edm_from_config(config, denoise):
+def edm_objective(config, denoise):
+    """EDM's loss_fn(params, batch, rng, step) with the config's values."""
     m = config.method
     return functools.partial(
         edm_loss,
@@ -175,21 +177,18 @@ def _edm_from_config(config, denoise):
     )
 
 
-OBJECTIVES = {"ict": _ict_from_config, "edm": _edm_from_config}
-# Which preconditioning each method trains: consistency function or EDM denoiser.
-PRECONDITIONING = {"ict": "consistency", "edm": "edm"}
-
-
 def check_method(name: str):
-    """Raises one clear sentence for an unknown method name."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"Unknown method.name {name!r}; valid: {sorted(OBJECTIVES)}.")
+    """Raises one clear sentence for an unknown method name (the table: cm/methods.py)."""
+    from cm import methods  # here: cm.methods imports this module
+
+    methods.get(name)
 
 
 def make_objective(config, denoise):
-    """loss_fn(params, batch, rng, step) -> (loss, metrics) for config.method.name."""
-    check_method(config.method.name)
-    augment.check_model(
-        augment.Settings.from_config(config.augment), config.model.augment_dim, config.method.name
-    )
-    return OBJECTIVES[config.method.name](config, denoise)
+    """loss_fn(params, batch, rng, step, aux=(), extra=()) of config.method.name, for a method
+    whose objective uses one denoiser `denoise` (the table's objective with train = sample =
+    denoise and no teacher)."""
+    from cm import methods  # here: cm.methods imports this module
+    from cm.method_spec import Denoisers
+
+    return methods.objective(config, Denoisers(train=denoise, sample=denoise, teacher=None))

@@ -21,6 +21,20 @@ class TrainState:
     power_ema: tuple = ()
 
 
+@flax.struct.dataclass
+class MethodTrainState(TrainState):
+    """TrainState plus a method's own state (cm/methods.py). Only methods that have auxiliary
+    parameters or extra state use it, so the states and checkpoints of the others keep
+    TrainState's layout exactly."""
+
+    # Trainable auxiliary parameters (e.g. sCM's weighting w(t)): the same optimizer trains
+    # them with their own state; never sampled, EMA'd, snapshotted or merged. () = none.
+    aux: Any = ()
+    aux_opt_state: Any = ()
+    # Untrained state: a frozen teacher, a target EMA (the method's update_extra). () = none.
+    extra: Any = ()
+
+
 def _radam(c, lr):
     return optax.radam(lr, b1=c.b1, b2=c.b2, eps=c.eps)
 
@@ -53,15 +67,47 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def create(params, tx, num_ema: int, num_power_ema: int = 0) -> TrainState:
-    """Step 0: EMAs (and power EMAs) start at the initial parameters."""
-    return TrainState(
+def create(params, tx, num_ema: int, num_power_ema: int = 0, aux=None, extra=None) -> TrainState:
+    """Step 0: EMAs (and power EMAs) start at the initial parameters. A TrainState, or with
+    `aux` or `extra` (not None) a MethodTrainState."""
+    parts = dict(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(params),
         ema=tuple(jax.tree.map(jnp.copy, params) for _ in range(num_ema)),
         power_ema=tuple(jax.tree.map(jnp.copy, params) for _ in range(num_power_ema)),
     )
+    if aux is None and extra is None:
+        return TrainState(**parts)
+    aux = () if aux is None else aux
+    return MethodTrainState(
+        **parts,
+        aux=aux,
+        aux_opt_state=tx.init(aux) if jax.tree.leaves(aux) else (),
+        extra=() if extra is None else extra,
+    )
+
+
+def aux_and_extra(train_state: TrainState) -> tuple:
+    """(aux, extra) of a MethodTrainState; ((), ()) for a TrainState."""
+    if isinstance(train_state, MethodTrainState):
+        return train_state.aux, train_state.extra
+    return (), ()
+
+
+def step_method_state(new: TrainState, old: TrainState, tx, aux_grads, update_extra):
+    """`new` (the step's updated TrainState fields) with the method's own state stepped: the
+    auxiliary parameters updated by `tx` from `aux_grads`, and extra = update_extra(old extra,
+    new params, old step) when the method has an update (else kept). A TrainState is returned
+    unchanged."""
+    if not isinstance(old, MethodTrainState):
+        return new
+    aux, aux_opt_state = old.aux, old.aux_opt_state
+    if jax.tree.leaves(aux):
+        updates, aux_opt_state = tx.update(aux_grads, aux_opt_state, aux)
+        aux = optax.apply_updates(aux, updates)
+    extra = old.extra if update_extra is None else update_extra(old.extra, new.params, old.step)
+    return new.replace(aux=aux, aux_opt_state=aux_opt_state, extra=extra)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,8 +12,13 @@ def make_train_step(exp: experiment.Experiment, ema_rates, seed: int):
 
     def step_fn(train_state: state.TrainState, batch):
         rng = keys.indexed(seed, "train", train_state.step)
-        grad_fn = jax.value_and_grad(exp.loss_fn, has_aux=True)
-        (_, metrics), grads = grad_fn(train_state.params, batch, rng, train_state.step)
+        aux, extra = state.aux_and_extra(train_state)  # ((), ()) for methods without them
+
+        def loss_fn(params, aux):
+            return exp.loss_fn(params, batch, rng, train_state.step, aux=aux, extra=extra)
+
+        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+        (_, metrics), (grads, aux_grads) = grad_fn(train_state.params, aux)
         updates, opt_state = exp.tx.update(grads, train_state.opt_state, train_state.params)
         params = optax.apply_updates(train_state.params, updates)
         new_state = train_state.replace(
@@ -26,6 +31,9 @@ def make_train_step(exp: experiment.Experiment, ema_rates, seed: int):
             power_ema=power_ema.update(
                 train_state.power_ema, params, train_state.step + 1, exp.power_ema_gammas
             ),
+        )
+        new_state = state.step_method_state(
+            new_state, train_state, exp.tx, aux_grads, exp.update_extra
         )
         return new_state, {**metrics, "grad_norm": optax.tree.norm(grads)}
 

@@ -54,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.remat = False
 
     c.method = ml_collections.ConfigDict()
-    c.method.name = "ict"  # ict | edm
+    c.method.name = "ict"  # ict | edm | ect | cd (the method table: cm/methods.py)
     c.method.sigma_min = 0.002
     c.method.sigma_max = 80.0
     c.method.rho = 7.0
@@ -81,6 +81,26 @@ def base_config() -> ml_collections.ConfigDict:
     # authors' scripts; it must divide batch_size / process count).
     c.method.ot_group_size = 128
     c.method.ot_prefetch = 2  # coupled batches computed ahead on the host
+    # Start a new run from another run's network (cm/init_from.py): a cm workdir (its newest
+    # committed checkpoint) or <workdir>/checkpoints/<step>; its parameters become the
+    # parameters and every EMA at step 0 (CD: also the frozen teacher). "" = random init.
+    c.method.init_from = ""
+    c.method.init_params = "ema"  # which tree of init_from: ema (its first EMA) | params (online)
+    # ECT (docs/methods.md section 8; locuslab/ect ECMLoss): t ~ lognormal(p_mean, p_std) (the
+    # fields above, -1.1 and 2.0 as in ECT), r = max(0, t (1 - q^-(stage+1) (1 + k sigmoid(-b t)))),
+    # distance method.distance (ECT's CIFAR-10 c = 0: l2) weighted by 1 / (t - r).
+    c.method.ect_q = 2.0  # the decay factor q
+    c.method.ect_k = 8.0  # k of the sigmoid adjustment
+    c.method.ect_b = 1.0  # b of the sigmoid adjustment
+    # stage = training images // this (ECT's --double=250 ticks of --tick=12.8 kimg = 3.2 Mimg);
+    # a multiple of training.batch_size.
+    c.method.ect_double_images = 3_200_000
+    # CD (docs/methods.md section 8; CM's jcm/losses.py): the teacher is method.init_from's
+    # network (an EDM run), one Heun step of its PF-ODE between adjacent levels of this grid.
+    c.method.cd_num_scales = 18  # N of the Karras grid (sigma_min, sigma_max, rho above)
+    # mu of the target EMA of the student; 0 = the stop-gradient student itself (CM's CIFAR-10
+    # CD code runs 0; the CM paper's ImageNet-64 / LSUN CD used 0.95).
+    c.method.cd_target_ema = 0.0
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "radam"  # radam | adam | adamw

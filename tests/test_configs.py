@@ -15,6 +15,8 @@ VARIANTS = {
     "demo_slct": ("no_cauchy", "no_diffusion", "no_ot", "groupnorm"),
     "cifar10_ict": ("deep",),
     "cifar10_edm": ("cond", "ve", "ve_cond"),
+    "cifar10_ect": (),
+    "cifar10_cd": (),
     "imagenet64_ict": (),
     "imagenet64_edm": (),
     "celebahq256_slct": ("slct", "ilct"),

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
 
-from cm import fileio, run_record, state
+from cm import experiment, fileio, run_record
 from cm.checkpoint import Checkpointer
 from cm.lcsc import plots
 from cm.lcsc.candidates import SINGLE
@@ -26,8 +26,9 @@ def write_merged(config, exp, params, coefficients, step: int, path):
         multihost_utils.sync_global_devices("lcsc merged checkpoint removed")
     ckpt = Checkpointer(str(path), 1)
     if ckpt.latest_step() != step:
-        t = config.training
-        make = lambda p: state.create(p, exp.tx, state.num_emas(t), len(t.power_ema_stds))  # noqa: E731
+        # The method's step-0 state around the merged parameters (its auxiliary parameters and
+        # extra state fresh: LCSC merges the network only; cm/methods.py).
+        make = lambda p: experiment.fresh_state(exp, config, p)  # noqa: E731
         train_state = jax.jit(make, out_shardings=exp.replicated)(params)
         ckpt.save(step, train_state.replace(step=jnp.asarray(step, jnp.int32)))
     ckpt.close()

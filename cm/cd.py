@@ -1,0 +1,145 @@
+"""CD, consistency distillation (docs/methods.md section 8), as CM's CIFAR-10 code
+(openai/consistency_models_cifar10, jcm/losses.py) runs it.
+
+The teacher is a trained EDM denoiser: method.init_from's network, copied into the run's extra
+state at step 0 (checkpointed with the run, never trained) and also the student's starting
+point. Per sample: a uniform pair of adjacent levels t_n < t_{n+1} of the Karras grid of
+method.cd_num_scales levels; x_{n+1} = x + t_{n+1} z; x_hat_n = one Heun step of the teacher's
+PF-ODE dx/ds = (x - D(x, s)) / s from t_{n+1} down to t_n; loss = batch mean of
+distance(f(x_{n+1}, t_{n+1}), f_target(x_hat_n, t_n)), where f is the student's consistency
+function and f_target the same function with the target parameters under stop_gradient: the
+student's own (method.cd_target_ema = 0, CM's CIFAR-10 code) or their EMA with rate mu (> 0),
+kept in the extra state. Student and target share the dropout key; the teacher runs without
+dropout. CM's LPIPS distance is not implemented: method.distance (l2, pseudo_huber, ...).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from cm import losses, schedules
+from cm.method_spec import (
+    Method,
+    invalid,
+    precond_pair,
+)
+
+
+def _bcast(s):
+    return s[:, None, None, None]
+
+
+def heun_step(teacher, teacher_params, x, t, t_next, labels):
+    """One Heun step of dx/ds = (x - D(x, s)) / s from s = t to s = t_next (both [B], > 0),
+    D = teacher(teacher_params, ...) without dropout. x: [B, H, W, C]."""
+    d = (x - teacher(teacher_params, x, t, labels, False, None)) / _bcast(t)
+    x_euler = x + _bcast(t_next - t) * d
+    d_next = (x_euler - teacher(teacher_params, x_euler, t_next, labels, False, None)) / _bcast(
+        t_next
+    )
+    return x + _bcast(t_next - t) * 0.5 * (d + d_next)
+
+
+def cd_loss(
+    denoise,
+    teacher,
+    params,
+    batch,
+    rng,
+    step,
+    aux=(),
+    extra=(),
+    *,
+    num_scales: int,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float,
+    distance,
+    c_factor: float,
+    target_ema: float,
+):
+    """CD's loss (module docstring). denoise: the student's consistency function; teacher: EDM's
+    denoiser of the network; extra: {"teacher": params, "target": params when target_ema > 0}."""
+    del aux, step
+    x, labels = batch["image"], batch.get("label")  # [B, H, W, C], [B]
+    sigmas = schedules.karras_sigmas(num_scales, sigma_min, sigma_max, rho, num_scales)  # [N]
+    k_index, k_noise, k_dropout = jax.random.split(rng, 3)
+    n = jax.random.randint(k_index, (x.shape[0],), 0, num_scales - 1)  # [B], pair (n, n + 1)
+    t_lo, t_hi = sigmas[n], sigmas[n + 1]  # [B]
+    z = jax.random.normal(k_noise, x.shape, x.dtype)
+    x_hi = x + _bcast(t_hi) * z
+
+    student = denoise(params, x_hi, t_hi, labels, True, k_dropout)
+    teacher_params = jax.lax.stop_gradient(extra["teacher"])
+    x_lo = jax.lax.stop_gradient(heun_step(teacher, teacher_params, x_hi, t_hi, t_lo, labels))
+    target_params = jax.lax.stop_gradient(extra["target"] if target_ema > 0 else params)
+    target = jax.lax.stop_gradient(denoise(target_params, x_lo, t_lo, labels, True, k_dropout))
+
+    per_sample = distance(student, target, losses.huber_c(x[0].size, c_factor))  # [B]
+    loss = jnp.mean(per_sample)
+    return loss, {"loss": loss, "sigma_mean": jnp.mean(t_hi)}
+
+
+def objective(config, denoisers):
+    """CD's loss_fn with the config's values (the table's objective)."""
+    m = config.method
+    return functools.partial(
+        cd_loss,
+        denoisers.train,
+        denoisers.teacher,
+        num_scales=m.cd_num_scales,
+        sigma_min=m.sigma_min,
+        sigma_max=m.sigma_max,
+        rho=m.rho,
+        distance=losses.get_distance(m.distance),
+        c_factor=m.huber_c_factor,
+        target_ema=m.cd_target_ema,
+    )
+
+
+def init_extra(config, params) -> dict:
+    """The teacher (and the target EMA when mu > 0), copies of the starting parameters."""
+    extra = {"teacher": jax.tree.map(jnp.copy, params)}
+    if config.method.cd_target_ema > 0:
+        extra["target"] = jax.tree.map(jnp.copy, params)
+    return extra
+
+
+def update_extra(config):
+    """target <- mu target + (1 - mu) params after each step when mu > 0; else None."""
+    mu = config.method.cd_target_ema
+    if mu <= 0:
+        return None
+
+    def update(extra, params, step):
+        del step
+        target = jax.tree.map(lambda e, p: mu * e + (1.0 - mu) * p, extra["target"], params)
+        return {**extra, "target": target}
+
+    return update
+
+
+def check(config, mode: str):
+    """CD's fields (every mode: they shape the loss and the train state): a grid of at least
+    2 levels, a target rate in [0, 1)."""
+    del mode
+    m = config.method
+    n = m.cd_num_scales
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 2):
+        invalid("method.cd_num_scales", n, "the Karras grid needs an integer >= 2 levels")
+    mu = m.cd_target_ema
+    if not (isinstance(mu, int | float) and 0 <= mu < 1):
+        invalid("method.cd_target_ema", mu, "the target EMA rate must be a number in [0, 1)")
+
+
+METHOD = Method(
+    objective=objective,
+    parameterization=precond_pair("consistency", "consistency"),
+    sampler="consistency",
+    init_extra=init_extra,
+    update_extra=update_extra,
+    check=check,
+    init_sources=("edm",),
+    requires_init_from=True,
+)

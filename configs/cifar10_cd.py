@@ -1,0 +1,76 @@
+"""Consistency distillation on CIFAR-10 (docs/methods.md section 8), CM's recipe
+(openai/consistency_models_cifar10 configs/cifar10_ve_cd.py) with a teacher that `cm` can load.
+
+Import an EDM network once (README, "Importing EDM checkpoints"), or train one with
+configs/cifar10_edm.py; it is both the frozen teacher and the student's starting point:
+
+    python launch.py --config=configs/cifar10_edm.py --workdir=gs://bucket/edm_vp --mode=import
+    python launch.py --config=configs/cifar10_cd.py --workdir=gs://bucket/cifar10_cd \
+        --config.method.init_from=gs://bucket/edm_vp
+
+Prepare the data once (array_record: random access, exact resume), then pass
+--config.data.tfds_dir=DIR:
+
+    tfds build cifar10 --data_dir=DIR --file_format=array_record
+
+CM's recipe: N = 18, Heun, uniform weighting, the stop-gradient student as target (the
+"consistency" loss of jcm passes no target parameters: mu = 0), batch 512, 800k steps, RAdam
+4e-4 without warm-up (jcm's RAdam branch applies no schedule) or clipping, EMA 0.9999, dropout 0,
+the student initialized from the teacher. Two readings (docs/methods.md section 8): CM's teacher
+was its own NCSN++ EDM; here the network is configs/cifar10_edm.py's DDPM++ (the imported
+edm-cifar10-32x32-uncond-vp.pkl, as ECT's), whose weights method.init_from must match. CM's
+CIFAR-10 distance was LPIPS, which `cm` does not implement: pseudo-Huber over the whole sample
+(iCT's c) stands in.
+"""
+
+from configs import cifar10_edm
+from configs.common import base_config
+from configs.variants import parse_variant
+
+
+def get_config(arg=None):
+    parse_variant(__file__, arg)
+    c = base_config()
+    c.data.name = "tfds"
+    c.data.tfds_name = "cifar10"
+    c.data.image_size = 32
+    c.data.channels = 3
+    c.data.num_classes = 10
+    c.data.random_flip = True  # jcm's default data.random_flip
+
+    # The teacher's network (configs/cifar10_edm.py: DDPM++ with EDM's augmentation layer,
+    # which reads zero labels here). CM distils with dropout 0.
+    c.model = cifar10_edm.get_config().model
+    c.model.dropout = 0.0
+    c.model.matmul_precision = "default"  # jcm sets none: JAX's default (TF32 on A100s)
+
+    c.method.name = "cd"
+    c.method.cd_num_scales = 18
+    c.method.cd_target_ema = 0.0  # mu = 0: the stop-gradient student (jcm's CIFAR-10 CD)
+    c.method.sigma_min = 0.002
+    c.method.sigma_max = 80.0
+    c.method.rho = 7.0
+    c.method.distance = "pseudo_huber"  # CM: LPIPS (not implemented)
+    c.method.noise_label = "log_sigma_over_4"  # jcm and EDM: c_noise = ln(sigma)/4
+    c.method.init_from = ""  # the teacher: an EDM workdir (see the command above)
+    c.method.init_params = "ema"
+
+    c.augment.p = 0.0
+
+    c.optim.name = "radam"
+    c.optim.learning_rate = 4e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.warmup_steps = 0
+    c.optim.grad_clip = 0.0
+
+    c.training.batch_size = 512
+    c.training.num_steps = 800_000
+    c.training.ema_rates = (0.9999,)
+    c.training.ema_halflife_images = 0
+
+    c.sampling.num_samples = 50_000
+    c.sampling.batch_size = 1024
+    c.sampling.consistency_levels = ((), (0.821,))
+    return c

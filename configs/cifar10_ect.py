@@ -1,0 +1,78 @@
+"""ECT on CIFAR-10 (docs/methods.md section 8): tune EDM's DDPM++ into a consistency model, as
+locuslab/ect's run_ecm.sh runs it (FID 3.60 at 1 step, 2.11 at 2 steps).
+
+Import EDM's edm-cifar10-32x32-uncond-vp.pkl once (README, "Importing EDM checkpoints"), then
+start from it:
+
+    python launch.py --config=configs/cifar10_edm.py --workdir=gs://bucket/edm_vp --mode=import
+    python launch.py --config=configs/cifar10_ect.py --workdir=gs://bucket/cifar10_ect \
+        --config.method.init_from=gs://bucket/edm_vp
+
+Prepare the data once (array_record: random access, exact resume), then pass
+--config.data.tfds_dir=DIR:
+
+    tfds build cifar10 --data_dir=DIR --file_format=array_record
+
+The recipe (run_ecm.sh and ct_train.py's defaults): batch 128, 25.6 Mimg (200k steps), RAdam
+1e-4 (betas 0.9, 0.999, eps 1e-8), dropout 0.2, no augmentation and no dataset flips, EMA 0.9999
+(no ramp-up: --transfer turns it off), the stage doubling every 250 ticks of 12.8 kimg, the L2
+norm (c = 0), 2-step level 0.821, full float32 (--tf32 defaults to False).
+"""
+
+from configs import cifar10_edm
+from configs.common import base_config
+from configs.variants import parse_variant
+
+
+def get_config(arg=None):
+    parse_variant(__file__, arg)
+    c = base_config()
+    c.data.name = "tfds"
+    c.data.tfds_name = "cifar10"
+    c.data.image_size = 32
+    c.data.channels = 3
+    c.data.num_classes = 10
+    c.data.random_flip = False  # ct_train.py's --xflip=False
+
+    # EDM's DDPM++ exactly as configs/cifar10_edm.py (the network of the imported
+    # edm-cifar10-32x32-uncond-vp.pkl), so method.init_from matches it parameter for parameter.
+    # It keeps EDM's 9-label augmentation layer: ECT's network has none (--augment=0) and drops
+    # those weights, and here the layer reads zero labels (augment.p = 0), so it adds nothing
+    # and its weights get zero gradients: the same function as ECT's.
+    c.model = cifar10_edm.get_config().model
+    c.model.dropout = 0.2
+    c.model.matmul_precision = "highest"  # ct_train.py: --tf32=False, float32 (no --fp16)
+
+    c.method.name = "ect"
+    c.method.p_mean = -1.1
+    c.method.p_std = 2.0
+    c.method.ect_q = 2.0
+    c.method.ect_k = 8.0
+    c.method.ect_b = 1.0
+    c.method.ect_double_images = 3_200_000  # --double=250 ticks x --tick=12.8 kimg
+    c.method.distance = "l2"  # ECMLoss with c = 0 (run_ecm.sh keeps ct_train.py's -c 0.0)
+    c.method.noise_label = "log_sigma_over_4"  # ECMPrecond: c_noise = ln(sigma)/4
+    # ECMPrecond's sigma_min (0.003, which ct_train.py does not override): the boundary of the
+    # consistency function at sampling; the sampler starts at sigma_max = 80 (generator_fn).
+    c.method.sigma_min = 0.003
+    c.method.sigma_max = 80.0
+    c.method.init_from = ""  # the imported EDM workdir (see the command above)
+    c.method.init_params = "ema"  # ECT copies the pickle's EMA network into net and EMA
+
+    c.augment.p = 0.0  # --augment=0.0
+
+    c.optim.name = "radam"
+    c.optim.learning_rate = 1e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+
+    c.training.batch_size = 128
+    c.training.num_steps = 200_000  # --duration=25.6 Mimg
+    c.training.ema_rates = (0.9999,)  # --ema_beta, constant (ema_rampup_ratio=None)
+    c.training.ema_halflife_images = 0
+
+    c.sampling.num_samples = 50_000
+    c.sampling.batch_size = 1024
+    c.sampling.consistency_levels = ((), (0.821,))  # --mid_t=0.821
+    return c
