@@ -26,18 +26,19 @@ def _equal(a, b):
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    """A tiny EDM run's workdir with a step-3 checkpoint (random parameters) whose EMA differs
-    from its online parameters, and its config.json: what --mode=import or an EDM run leaves."""
+    """A tiny EDM run's workdir with a step-3 checkpoint (random parameters) whose two EMAs
+    differ from its online parameters, and its config.json: what --mode=import or an EDM run
+    leaves."""
     workdir = str(tmp_path_factory.mktemp("edm_source"))
     c = tiny_config(method__name="edm")
+    c.training.ema_rates = (0.999, 0.9999)  # two EMAs: the first one is read
     exp = experiment.build(c)
     rng = np.random.default_rng(7)
     shapes = jax.eval_shape(lambda: experiment.init_params(exp, c))  # no network compile
     params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
     st = state.create(params, exp.tx, state.num_emas(c.training), len(c.training.power_ema_stds))
-    st = st.replace(
-        step=st.step + 3, ema=(jax.tree.map(lambda p: p + 1.0, st.params),) * len(st.ema)
-    )
+    emas = tuple(jax.tree.map(lambda p, k=k: p + k, st.params) for k in (1.0, 2.0))
+    st = st.replace(step=st.step + 3, ema=emas)
     ckpt = Checkpointer(workdir, 1)
     ckpt.save(3, st)
     ckpt.close()
