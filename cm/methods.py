@@ -15,6 +15,8 @@ entry is a `method_spec.Method`:
         how the raw network becomes the function the objective differentiates (train), the
         one the samplers call (sample) and a frozen diffusion teacher's (teacher).
         `method_spec.precond_pair(train_kind, sample_kind)` builds it from precond.SCALINGS.
+        (sct, scd and meanflow take TrigFlow / MeanFlow times instead of sigma: their entries'
+        own samplers and objectives are the only callers; cm/scm_entries.py.)
     sampler: a key of SAMPLER_KINDS, the kind of the method's samplers. A kind
         (method_spec.SamplerKind) names its instances from the config ({name: levels}, e.g.
         1step and 2step from sampling.consistency_levels) and builds each as a per-device
