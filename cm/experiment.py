@@ -80,7 +80,10 @@ def init_params(exp: Experiment, config):
     x = jnp.zeros((1, h, w, c), jnp.float32)
     labels = jnp.zeros((1,), jnp.int32) if num_label_classes(config) else None
     rng = keys.stream(config.seed, "init")
-    return exp.model.init({"params": rng}, x, jnp.zeros((1,)), labels, train=False)["params"]
+    second = {"second_noise_labels": jnp.zeros((1,))} if exp.model.second_noise_label else {}
+    return exp.model.init({"params": rng}, x, jnp.zeros((1,)), labels, train=False, **second)[
+        "params"
+    ]
 
 
 def fresh_state(exp: Experiment, config, params) -> state.TrainState:

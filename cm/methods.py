@@ -15,6 +15,8 @@ entry is a `method_spec.Method`:
         how the raw network becomes the function the objective differentiates (train), the
         one the samplers call (sample) and a frozen diffusion teacher's (teacher).
         `method_spec.precond_pair(train_kind, sample_kind)` builds it from precond.SCALINGS.
+        (sct, scd and meanflow take TrigFlow / MeanFlow times instead of sigma: their entries'
+        own samplers and objectives are the only callers; cm/scm_entries.py.)
     sampler: a key of SAMPLER_KINDS, the kind of the method's samplers. A kind
         (method_spec.SamplerKind) names its instances from the config ({name: levels}, e.g.
         1step and 2step from sampling.consistency_levels) and builds each as a per-device
@@ -40,7 +42,7 @@ before the table existed (its checkpoints keep their layout); with either, it is
 state.MethodTrainState, which adds aux, aux_opt_state and extra.
 """
 
-from cm import augment, cd, ect, objectives, sampling
+from cm import augment, cd, ect, objectives, sampling, scm_entries
 from cm.method_spec import (
     Method,
     SamplerKind,
@@ -77,10 +79,19 @@ METHODS = {
     # CD (section 8, cm/cd.py): a frozen EDM teacher in the extra state, Heun steps between
     # adjacent levels, an optional target EMA.
     "cd": cd.METHOD,
+    # sCT / sCD (section 9, cm/sct.py via cm/scm_entries.py): TrigFlow over the network, one JVP
+    # per step, the learned weighting w(t) as auxiliary parameters; sCD's EDM teacher frozen in
+    # the extra state (method.init_from).
+    "sct": scm_entries.SCT,
+    "scd": scm_entries.SCD,
+    # MeanFlow (section 9, cm/meanflow.py): the average velocity u(z, r, t), its JVP target.
+    "meanflow": scm_entries.MEANFLOW,
 }
 
-# Sampler kinds (cm/sampling.py): consistency 1-step / multistep, EDM's Heun.
+# Sampler kinds (cm/sampling.py): consistency 1-step / multistep, EDM's Heun; TrigFlow's and
+# MeanFlow's 1/2-step samplers (cm/scm_entries.py).
 SAMPLER_KINDS = {
+    **scm_entries.SAMPLER_KINDS,
     "consistency": SamplerKind(
         names=consistency_levels,
         build=lambda config, denoise, levels: sampling.sampler_from_config(

@@ -49,9 +49,17 @@ def tangent(F_minus, dF_scaled, x_t, dxdt, t, r, sigma_data: float):
     return first - r * (cos * sin * x_t + sigma_data * dF_scaled)
 
 
-def normalize_tangent(g, c: float):
-    """g / (||g||_2 + c), the norm over each sample's elements. Returns (g [B, ...], norm [B])."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(g), axis=tuple(range(1, g.ndim))))
+TANGENT_NORMS = ("l2", "rms")  # the paper's ||g||_2 | FastGen's ||g||_2 / sqrt(D)
+
+
+def normalize_tangent(g, c: float, kind: str = "l2"):
+    """g / (n + c) with n over each sample's D elements: the L2 norm ("l2", the paper) or the
+    root-mean-square ||g||_2 / sqrt(D) ("rms", FastGen's g_norm_spatial_invariance).
+    Returns (g [B, ...], n [B])."""
+    if kind not in TANGENT_NORMS:
+        raise ValueError(f"Unknown method.scm_tangent_norm {kind!r}; valid: {list(TANGENT_NORMS)}.")
+    reduce = jnp.sum if kind == "l2" else jnp.mean
+    norm = jnp.sqrt(reduce(jnp.square(g), axis=tuple(range(1, g.ndim))))
     return g / bcast(norm + c), norm
 
 
@@ -103,6 +111,7 @@ def scm_loss(
     warmup_steps: int,
     tangent_c: float,
     prior_weighting: bool,
+    tangent_norm: str = "l2",
     teacher=None,
     teacher_params=None,
 ):
@@ -134,7 +143,7 @@ def scm_loss(
 
     r = tangent_warmup(step, warmup_steps)
     g = tangent(F_minus, dF_scaled, x_t, dxdt, t, r, sigma_data)
-    g, g_norm = normalize_tangent(jax.lax.stop_gradient(g), tangent_c)
+    g, g_norm = normalize_tangent(jax.lax.stop_gradient(g), tangent_c, tangent_norm)
     mse = jnp.mean(jnp.square(F_theta - F_minus - g), axis=(1, 2, 3))  # [B], ||.||^2 / D
     w = weighting(weighting_params, t)  # [B]
     prior = 1.0 / (sigma_data * jnp.tan(t)) if prior_weighting else jnp.ones_like(t)

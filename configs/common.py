@@ -54,7 +54,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.remat = False
 
     c.method = ml_collections.ConfigDict()
-    c.method.name = "ict"  # ict | edm | ect | cd (the method table: cm/methods.py)
+    # ict | edm | ect | cd | sct | scd | meanflow (the method table: cm/methods.py)
+    c.method.name = "ict"
     c.method.sigma_min = 0.002
     c.method.sigma_max = 80.0
     c.method.rho = 7.0
@@ -101,6 +102,36 @@ def base_config() -> ml_collections.ConfigDict:
     # mu of the target EMA of the student; 0 = the stop-gradient student itself (CM's CIFAR-10
     # CD code runs 0; the CM paper's ImageNet-64 / LSUN CD used 0.95).
     c.method.cd_target_ema = 0.0
+    # sCT / sCD (docs/methods.md section 9; sCM arXiv 2410.11081, Algorithm 1; cm/sct.py).
+    # TrigFlow's F: trigflow = net(x_t / sd, trig_time_scale * t) (sCM) | edm = an EDM network
+    # reused exactly (sCD, or sCT started from an EDM checkpoint; c_noise = method.noise_label).
+    c.method.trig_form = "trigflow"
+    c.method.trig_time_scale = 1.0  # sCM's c_noise(t) = t
+    c.method.scm_p_mean = -1.0  # tau ~ N(Pm, Ps^2), t = arctan(e^tau / sd): sCM CIFAR-10
+    c.method.scm_p_std = 1.4
+    c.method.scm_tangent_warmup_steps = 10_000  # H of the tangent warm-up r = min(1, step / H)
+    c.method.scm_tangent_c = 0.1  # g <- g / (||g|| + c)
+    # The norm of that normalization (section 9 readings): l2 = ||g||_2 (the paper) | rms =
+    # ||g||_2 / sqrt(D) (FastGen's g_norm_spatial_invariance).
+    c.method.scm_tangent_norm = "l2"
+    c.method.scm_prior_weighting = True  # the 1 / (sd tan t) factor (formula sheet, FastGen)
+    # w(t): EDM2's log-variance head, Fourier features (channels, scale) of the time label.
+    c.method.scm_weighting_channels = 128
+    c.method.scm_weighting_fourier_scale = 1.0
+    # MeanFlow (docs/methods.md section 9; arXiv 2505.13447; cm/meanflow.py). The second time
+    # label: t_minus_r = (t, t - r) (both official codes) | r = (t, r); times scaled by this.
+    c.method.mf_condition = "t_minus_r"
+    c.method.mf_time_scale = 1.0  # raw times in [0, 1], as the official codes feed them
+    c.method.mf_t_mean = -2.0  # t, r logit-normal(mean, std): the paper's CIFAR-10 recipe
+    c.method.mf_t_std = 2.0
+    c.method.mf_r_mean = -2.0
+    c.method.mf_r_std = 2.0
+    # sorted: (t, r) = (max, min) of the two draws (the paper) | clamped: t its own draw,
+    # r = min(t, r) (py-meanflow's v1).
+    c.method.mf_tr_order = "sorted"
+    c.method.mf_equal_fraction = 0.25  # rows with r = t (CIFAR-10: r != t for 75%)
+    c.method.mf_norm_p = 0.75  # adaptive loss weighting 1 / sg(err + eps)^p (CIFAR-10)
+    c.method.mf_norm_eps = 1e-3
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "radam"  # radam | adam | adamw
@@ -167,6 +198,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.batch_size = 64  # global, per call over all devices
     c.sampling.consistency_levels = ((), (0.821,))  # each: the levels after the first step
     c.sampling.heun_steps = 18
+    # TrigFlow (sct, scd; docs/methods.md section 9): the first step starts at t_max =
+    # arctan(method.sigma_max / sd) (1.5645 for 80 / 0.5); each entry lists the times of the
+    # further steps (sCM's 2-step: t = 1.1).
+    c.sampling.trigflow_mid_times = ((), (1.1,))
+    # MeanFlow (section 9): each entry a schedule from 1 (noise) to 0; the 2-step mid time 0.5
+    # is our reading (FastGen's; the official code leaves it to its config).
+    c.sampling.meanflow_times = ((1.0, 0.0), (1.0, 0.5, 0.0))
     c.sampling.churn = 0.0
     c.sampling.s_tmin = 0.0
     c.sampling.s_tmax = float("inf")

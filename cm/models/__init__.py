@@ -53,6 +53,8 @@ def _fields(config) -> dict:
         augment_dim=m.augment_dim,
         dtype=_dtype(m.dtype),
         remat=bool(m.remat),
+        # MeanFlow's u reads a second time label (docs/methods.md section 9); the one place set.
+        second_noise_label=config.method.name == "meanflow",
     )
 
 

@@ -1,0 +1,165 @@
+"""sct, scd and meanflow on the method table (cm/scm_entries.py): --mode=summary on the demo
+config, their config checks and samplers, the production jitted step (one compile across the
+tangent warm-up, w(t) trained, sCD's teacher frozen) and the 4-device step equal to 1 device."""
+
+import jax
+import numpy as np
+import pytest
+from helpers import tiny_config
+
+from cm import config_checks, data, experiment, modes, run_record, state, train, train_step
+from cm.checkpoint import Checkpointer
+from configs.demo import get_config as demo_config
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def _equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(_leaves(a), _leaves(b), strict=True))
+
+
+@pytest.fixture(scope="module")
+def edm_source(tmp_path_factory):
+    """A tiny EDM run's workdir (random parameters, step 3) and its config.json, as sCD's
+    method.init_from; returns (workdir, its first EMA)."""
+    workdir = str(tmp_path_factory.mktemp("edm_source"))
+    c = tiny_config(method__name="edm")
+    exp = experiment.build(c)
+    rng = np.random.default_rng(3)
+    shapes = jax.eval_shape(lambda: experiment.init_params(exp, c))  # no network compile
+    params = jax.tree.map(lambda s: (0.1 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
+    st = state.create(params, exp.tx, state.num_emas(c.training), len(c.training.power_ema_stds))
+    st = st.replace(step=st.step + 3)
+    ckpt = Checkpointer(workdir, 1)
+    ckpt.save(3, st)
+    ckpt.close()
+    run_record.record_start(workdir, c.to_dict(), 0)
+    return workdir, jax.device_get(st.ema[0])
+
+
+@pytest.mark.parametrize("name", ["sct", "scd", "meanflow"])
+def test_summary_mode_on_the_demo_config(edm_source, name, capsys):
+    c = demo_config()
+    c.method.name = name
+    if name == "scd":
+        c.method.init_from, c.method.trig_form = edm_source[0], "edm"
+    config_checks.check(c, "summary")
+    table = modes.run("summary", c, "unused")
+    assert table.splitlines()[-1].startswith("parameters: ")
+    assert capsys.readouterr().out.strip().splitlines()[-1] == table.splitlines()[-1]
+    # MeanFlow's network reads a second time label: its mapping layer reads twice the width.
+    width = [line for line in table.splitlines() if line.startswith("map_layer0")][0].split()[-1]
+    assert (int(width) > 2000) == (name == "meanflow")  # demo: 64 * 2 (or 4) * 256 + 256
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"method__name": "scd"}, r"method\.trig_form='trigflow' is invalid.*edm"),
+        ({"method__name": "sct", "method__scm_tangent_norm": "max"}, r"scm_tangent_norm"),
+        ({"method__name": "sct", "sampling__trigflow_mid_times": ((1.6,),)}, r"trigflow_mid"),
+        ({"method__name": "meanflow", "sampling__meanflow_times": ((1.0, 0.5),)}, r"meanflow_t"),
+        ({"method__name": "meanflow", "method__mf_equal_fraction": 1.5}, r"mf_equal_fraction"),
+    ],
+)
+def test_bad_fields_are_one_sentence(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        config_checks.check(tiny_config(**overrides), "summary")
+
+
+@pytest.mark.parametrize("name", ["sct", "meanflow"])
+def test_samplers_are_named_by_steps_and_draw_finite_images(name):
+    c = tiny_config(method__name=name)
+    exp = experiment.build(c)
+    params = experiment.init_params(exp, c)
+    fns = experiment.samplers(c, exp)
+    assert set(fns) == {"1step", "2step"}
+    images, _ = fns["2step"](params, jax.random.key(0), 8)
+    assert images.shape == (8, 8, 8, 1) and bool(np.isfinite(np.asarray(images)).all())
+
+
+def _run(config, devices, steps):
+    """`steps` production steps (train_step.make_train_step) on the digits; returns the final
+    state on the host, the losses, the compile count and the step-0 state."""
+    exp = experiment.build(config, devices)
+    step_fn = train_step.make_train_step(exp, tuple(config.training.ema_rates), config.seed)
+    st = experiment.init_state(exp, config)
+    first = jax.device_get(st)
+    source = data.load_source(config.data)
+    losses = []
+    for k in range(steps):
+        local = data.batch_at(source, k, config.training.batch_size, config.seed, False)
+        st, metrics = step_fn(st, train.global_batch(local, exp))
+        losses.append(float(metrics["loss"]))
+    return jax.device_get(st), losses, step_fn._cache_size(), first
+
+
+@pytest.mark.slow  # the sCD step with its teacher: about 20 s on 2 busy cores
+def test_scd_trains_student_and_weighting_but_not_the_teacher(edm_source):
+    c = tiny_config(
+        method__name="scd",
+        method__trig_form="edm",
+        method__init_from=edm_source[0],
+        method__scm_tangent_warmup_steps=2,
+    )
+    final, losses, compiles, first = _run(c, jax.devices()[:1], 3)
+    assert compiles == 1 and np.isfinite(losses).all()
+    assert _equal(first.extra["teacher"], edm_source[1])  # the student starts as the teacher
+    assert _equal(final.extra["teacher"], edm_source[1])  # ... which never moves
+    assert _equal(first.params, edm_source[1]) and not _equal(final.params, edm_source[1])
+    assert not _equal(final.aux, first.aux)
+
+
+@pytest.mark.slow  # two JVP step compiles (1 and 4 devices): 2 to 3 minutes on 2 busy cores
+@pytest.mark.parametrize("name", ["sct", "meanflow"])
+def test_one_compile_across_warmup_and_four_devices_equal_one_device(name):
+    """Steps 0 and 1 straddle the end of the tangent warm-up (r = 0, then 1) in one compiled
+    step; sCT's w(t) is trained; 4 devices give the 1-device losses and parameters."""
+    assert jax.device_count() == 4
+    c = tiny_config(method__name=name, method__scm_tangent_warmup_steps=1)
+    c.model.dropout = 0.1  # one dropout mask per sample whatever the sharding
+    one, loss_one, compiles, first = _run(c, jax.devices()[:1], 2)
+    four, loss_four, _, _ = _run(c, jax.devices(), 2)
+    assert compiles == 1 and int(one.step) == 2 and np.isfinite(loss_one).all()
+    assert not _equal(one.params, first.params)
+    if name == "sct":
+        assert not _equal(one.aux, first.aux) and not jax.tree.leaves(one.extra)
+    np.testing.assert_allclose(loss_one, loss_four, rtol=1e-5)
+    trained = lambda s: (s.params, getattr(s, "aux", ()))  # noqa: E731
+    for a, b in zip(_leaves(trained(one)), _leaves(trained(four)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cifar10_sct", "cifar10_scd", "cifar10_meanflow"])
+def test_paper_configs_pass_the_checks(name):
+    import importlib
+
+    c = importlib.import_module(f"configs.{name}").get_config()
+    config_checks.check(c, "summary")
+    assert c.method.name == name.split("_")[1]
+
+
+def test_tangent_norms_of_the_paper_and_fastgen():
+    from cm import sct
+
+    g = np.ones((1, 2, 2, 1), np.float32)  # D = 4: ||g||_2 = 2, rms = 2 / sqrt(4) = 1
+    l2, n2 = sct.normalize_tangent(g, 0.1, "l2")
+    rms, nr = sct.normalize_tangent(g, 0.1, "rms")
+    np.testing.assert_allclose(n2, [2.0])
+    np.testing.assert_allclose(nr, [1.0])
+    np.testing.assert_allclose(l2, g / 2.1, rtol=1e-6)
+    np.testing.assert_allclose(rms, g / 1.1, rtol=1e-6)
+
+
+def test_sampler_specs_are_the_config_levels():
+    from cm import methods
+
+    c = tiny_config(method__name="sct")
+    assert methods.sampler_specs(c) == {"1step": ("trigflow", ()), "2step": ("trigflow", (1.1,))}
+    c.method.name = "meanflow"
+    assert methods.sampler_specs(c) == {
+        "1step": ("meanflow", (1.0, 0.0)),
+        "2step": ("meanflow", (1.0, 0.5, 0.0)),
+    }
