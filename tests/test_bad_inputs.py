@@ -92,7 +92,7 @@ CASES = [
     # Already clear before issue 10; kept here so that they stay clear.
     Case("unknown_mode", _args("--mode=fly"), ("--mode 'fly'",)),
     Case("misspelled_field", _args("--config.training.batch_sise=8"), ('"batch_size"',)),
-    Case("unknown_method", _args("--mode=summary", "--config.method.name=sct"), ("method.name",)),
+    Case("unknown_method", _args("--mode=summary", "--config.method.name=nope"), ("method.name",)),
     Case("unknown_norm", _args("--config.model.norm=batch"), ("model.norm", "'batch'")),
     Case(
         "batch_not_multiple_of_devices",
