@@ -74,18 +74,23 @@ QUICK = {
     "data.image_size": 8,
 }
 
-_QUICK = flags.DEFINE_bool("quick", False, "A tiny NCSN++ (a CPU check of the study itself).")
-_BATCH = flags.DEFINE_integer("batch", 0, "Images per level; 0 = 4 (--quick: 2).")
-_LEVELS = flags.DEFINE_integer("levels", 0, "Pair indices in the grid; 0 = 20 (--quick: 4).")
-_VARIANTS = flags.DEFINE_list("variants", list(VARIANTS)[1:], f"Any of {list(VARIANTS)[1:]}.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the images, the noise and the network.")
-_PNG = flags.DEFINE_string(
-    "png", "auto", "Plot ('' = none; auto: docs/precision_study.png, none with --quick)."
-)
-_JSON = flags.DEFINE_string(
-    "json", "auto", "Rows as JSON ('' = none; auto: docs/precision_study.json, none with --quick)."
-)
-_FROM_JSON = flags.DEFINE_string("from_json", "", "Only report the rows of this JSON file.")
+
+def define_flags():
+    """The command-line flags, defined only when the study runs as a script, so that importing
+    it (the tests) adds nothing to absl's global flags (device_check also has --quick)."""
+    global _QUICK, _BATCH, _LEVELS, _VARIANTS, _SEED, _PNG, _JSON, _FROM_JSON
+    _QUICK = flags.DEFINE_bool("quick", False, "A tiny NCSN++ (a CPU check of the study itself).")
+    _BATCH = flags.DEFINE_integer("batch", 0, "Images per level; 0 = 4 (--quick: 2).")
+    _LEVELS = flags.DEFINE_integer("levels", 0, "Pair indices in the grid; 0 = 20 (--quick: 4).")
+    _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS)[1:], f"Any of {list(VARIANTS)[1:]}.")
+    _SEED = flags.DEFINE_integer("seed", 0, "Seed of the images, the noise and the network.")
+    _PNG = flags.DEFINE_string(
+        "png", "auto", "Plot ('' = none; auto: docs/precision_study.png, none with --quick)."
+    )
+    _JSON = flags.DEFINE_string(
+        "json", "auto", "Rows as JSON ('' = none; auto: docs/precision_study.json, none if quick)."
+    )
+    _FROM_JSON = flags.DEFINE_string("from_json", "", "Only report the rows of this JSON file.")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -397,4 +402,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

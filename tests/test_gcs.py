@@ -128,10 +128,17 @@ LCSC = (
     "--config.lcsc.ema_rates=(0.5,)",
     "--config.lcsc.posthoc_stds=(0.075,)",
 )
-# Local files a run may write: its caches under ~/.cache/cm (the digits classifier), and the
-# Keras settings file that `import tensorflow` creates (TensorFlow's doing, not cm's).
+# Local files a run may write: its caches under ~/.cache/cm (the digits classifier), the
+# Keras settings file that `import tensorflow` creates, and matplotlib's cache and config, which a
+# third-party import creates when matplotlib is installed (requirements-dev.txt has it for the
+# precision study's plot); neither is cm's doing.
 DECLARED_CACHE = "home/.cache/cm"
-DECLARED = (DECLARED_CACHE, "home/.keras/keras.json")
+DECLARED = (
+    DECLARED_CACHE,
+    "home/.keras/keras.json",
+    "home/.cache/matplotlib",
+    "home/.config/matplotlib",
+)
 _TIMEOUT_S = 600
 
 

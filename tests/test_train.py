@@ -169,7 +169,7 @@ def test_summary_mode_ends_with_parameter_count(capsys):
         (
             ["--mode=fly"],
             "Unknown --mode 'fly'; valid: "
-            "['encode', 'eval', 'fid_stats', 'lcsc', 'sample', 'summary', 'train']",
+            "['encode', 'eval', 'fid_stats', 'import', 'lcsc', 'sample', 'summary', 'train']",
         ),
         (["--config.model.norm=batch"], "Unknown"),
         (["--config.model.chanels=3"], 'Did you mean "channels"'),
