@@ -19,20 +19,16 @@ configs/cifar10_edm.py's DDPM++ (edm-cifar10-32x32-uncond-vp.pkl), so method.ini
 match that network.
 """
 
-from configs import cifar10_edm
-from configs.common import base_config
+from configs import cifar10_edm, cifar10_sct
 from configs.variants import parse_variant
 
 
 def get_config(arg=None):
+    """cifar10_sct's data, time law, tangent, weighting, optimizer, training and samplers; the
+    teacher's conditional DDPM++ network and the EDM form of F in place of sCT's NCSN++."""
     parse_variant(__file__, arg)
-    c = base_config()
-    c.data.name = "tfds"
-    c.data.tfds_name = "cifar10"
-    c.data.image_size = 32
-    c.data.channels = 3
+    c = cifar10_sct.get_config()
     c.data.num_classes = 10
-    c.data.random_flip = True
 
     c.model = cifar10_edm.get_config().model  # the teacher's network (reads zero aug labels)
     c.model.dropout = 0.2  # unverified
@@ -41,33 +37,6 @@ def get_config(arg=None):
     c.method.name = "scd"
     c.method.trig_form = "edm"  # the student starts as the EDM teacher
     c.method.noise_label = "log_sigma_over_4"  # EDM's c_noise of sigma = sd tan t
-    c.method.sigma_data = 0.5
-    c.method.sigma_max = 80.0
-    c.method.scm_p_mean = -1.0
-    c.method.scm_p_std = 1.4
-    c.method.scm_tangent_warmup_steps = 10_000
-    c.method.scm_tangent_c = 0.1
-    c.method.scm_tangent_norm = "l2"
-    c.method.scm_prior_weighting = True
     c.method.init_from = ""  # the teacher: an EDM workdir (see the command above)
     c.method.init_params = "ema"
-
-    c.augment.p = 0.0
-
-    c.optim.name = "adam"
-    c.optim.learning_rate = 1e-4  # unverified
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.99  # unverified
-    c.optim.eps = 1e-8
-    c.optim.warmup_steps = 0
-    c.optim.grad_clip = 0.0
-
-    c.training.batch_size = 512  # unverified
-    c.training.num_steps = 400_000  # unverified
-    c.training.ema_rates = (0.9999,)  # unverified
-    c.training.ema_halflife_images = 0
-
-    c.sampling.num_samples = 50_000
-    c.sampling.batch_size = 1024
-    c.sampling.trigflow_mid_times = ((), (1.1,))
     return c
