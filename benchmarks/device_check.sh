@@ -3,13 +3,19 @@
 #
 #   bash benchmarks/device_check.sh          # from the repository root, on the accelerator
 #
-# Runs benchmarks/device_check.py in parts, most useful first, within BUDGET seconds in all
-# (default 540: under a 600 s command limit, 30 s kept for the report):
-#   1. training steps at the device default precision and in bfloat16 (4 networks),
-#   2. samplers (1-step, Heun 35 evaluations) and Inception features,
-#   3. training steps at the highest (float32) precision,
-#   4. the largest per-device batch of each network (doubling from 128 / 32, up to 1024),
-#   5. with rematerialized blocks (model.remat): bfloat16 steps, the largest batch.
+# Runs in parts, most useful first, within BUDGET seconds in all (default 540: under a 600 s
+# command limit, 30 s kept for the report):
+#   1. benchmarks/jvp_cost.py: the sCT and MeanFlow steps against iCT's (cifar10_ict's NCSN++,
+#      batch JVP_BATCH, default 128) -> jvp_cost.txt,
+#   2. benchmarks/device_check.py: training steps at the device default precision and in
+#      bfloat16 (4 networks),
+#   3. benchmarks/precision_study.py on the device's real float32-default and bfloat16 paths
+#      -> precision_study.{json,png,txt},
+#   4. samplers (1-step, Heun 35 evaluations) and Inception features,
+#   5. training steps at the highest (float32) precision,
+#   6. the largest per-device batch of each network (doubling from 128 / 32, up to 1024),
+#   7. with rematerialized blocks (model.remat): bfloat16 steps, the largest batch.
+# A part that fails or runs out of its time is logged and the next one runs.
 # Finished units are kept in runs/device_check/results.json and compiled programs in
 # runs/device_check/jax_cache, so running the script again on the same machine continues where
 # the budget stopped it and compiles nothing twice. The table, the results, the log and
@@ -56,7 +62,32 @@ part() {
     echo "part ended with exit $?: $*" | tee -a "$OUT_DIR/log.txt"
 }
 
+# One module run as a part of its own, bounded by the time left: NAME MODULE ARGS...
+module_part() {
+  local name=$1 t
+  shift
+  t=$(left)
+  if [ "$t" -lt 60 ]; then
+    echo "budget spent: not run: $name" | tee -a "$OUT_DIR/log.txt"
+    return
+  fi
+  echo "== $name ($t s left): $*" | tee -a "$OUT_DIR/log.txt"
+  timeout "$t" "$PY" -m "$@" >"$OUT_DIR/$name.txt" 2>&1 ||
+    echo "$name ended with exit $?" | tee -a "$OUT_DIR/log.txt"
+}
+
+QUICK=0
+for flag in "${EXTRA[@]}"; do [ "$flag" = "--quick" ] && QUICK=1; done
+if [ "$QUICK" = 1 ]; then
+  module_part jvp_cost benchmarks.jvp_cost --config=configs/demo.py --steps=2
+else
+  module_part jvp_cost benchmarks.jvp_cost --config=configs/cifar10_ict.py \
+    --config.training.batch_size="${JVP_BATCH:-128}" --steps=10
+fi
 part --sections=train --precisions="f32 default,bf16"
+module_part precision_study benchmarks.precision_study --variants="f32 default,bf16" \
+  --json="$OUT_DIR/precision_study.json" --png="$OUT_DIR/precision_study.png" \
+  "$([ "$QUICK" = 1 ] && echo --quick || echo --noquick)"
 part --sections=sample,inception
 part --sections=train --precisions="f32 highest"
 part --sections=max_batch --max_batch_cap=1024
