@@ -307,14 +307,15 @@ def augment(key, images, s: Settings):
     return apply(images, params, s), labels(params, s)
 
 
-def check_model(s: Settings, augment_dim: int, method: str):
-    """Raises one sentence when the augmentation cannot reach the network as configured."""
+def check_model(s: Settings, augment_dim: int, method: str, augmenting_methods):
+    """Raises one sentence when the augmentation cannot reach the network as configured;
+    augmenting_methods: the method names whose objective applies it (the method table's)."""
     if not s.enabled():
         return
-    if method != "edm":
+    if method not in augmenting_methods:
         raise ValueError(
-            f"augment.p > 0 is implemented for method.name 'edm' only, not {method!r}; "
-            "set --config.augment.p=0."
+            f"augment.p > 0 is implemented for method.name {sorted(augmenting_methods)} only, "
+            f"not {method!r}; set --config.augment.p=0."
         )
     if augment_dim != label_dim(s):
         raise ValueError(

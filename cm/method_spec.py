@@ -44,6 +44,7 @@ class Method:
     # method.name (its config.json); None = any.
     init_sources: tuple | None = None
     requires_init_from: bool = False  # training refuses to start from random parameters
+    augments: bool = False  # the objective applies EDM's augmentation when augment.p > 0
 
 
 def precond_pair(train_kind: str, sample_kind: str) -> Callable:

@@ -72,6 +72,7 @@ METHODS = {
         objective=_single_denoiser(objectives.edm_objective),
         parameterization=precond_pair("edm", "edm"),
         sampler="heun",
+        augments=True,
     ),
     # ECT (section 8, cm/ect.py): EDM's denoiser in training, the consistency function at
     # sampling; usually started from an EDM run (method.init_from).
@@ -117,8 +118,12 @@ def get(name: str) -> Method:
 def objective(config, denoisers):
     """loss_fn(params, batch, rng, step, aux=(), extra=()) of config.method.name."""
     entry = get(config.method.name)
+    augmenting = {name for name, method in METHODS.items() if method.augments}
     augment.check_model(
-        augment.Settings.from_config(config.augment), config.model.augment_dim, config.method.name
+        augment.Settings.from_config(config.augment),
+        config.model.augment_dim,
+        config.method.name,
+        augmenting,
     )
     return entry.objective(config, denoisers)
 

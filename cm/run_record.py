@@ -17,6 +17,7 @@ from cm import fileio
 
 # Config fields that change the shape of the saved state: a resume with other values cannot work.
 STRUCTURAL_FIELDS = (
+    "method.name",  # the method's auxiliary parameters and extra state (cm/methods.py)
     "model",
     "data.image_size",
     "data.channels",

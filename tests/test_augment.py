@@ -11,7 +11,7 @@ from helpers import tiny_config
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cm import augment, data, experiment, run_record, train
+from cm import augment, data, experiment, methods, run_record, train
 from cm.models.unet import UNet
 from configs import cifar10_edm, common
 
@@ -236,12 +236,25 @@ def test_network_reads_augment_labels_into_the_noise_embedding():
 
 def test_misconfigured_augmentation_is_one_sentence():
     with pytest.raises(ValueError, match=r"model\.augment_dim=9"):
-        augment.check_model(EDM_CIFAR, 0, "edm")
+        augment.check_model(EDM_CIFAR, 0, "edm", {"edm"})
     with pytest.raises(ValueError, match=r"augment\.p=0"):
-        augment.check_model(EDM_CIFAR, 9, "ict")
+        augment.check_model(EDM_CIFAR, 9, "ict", {"edm"})
     with pytest.raises(ValueError, match=r"augment\.scale"):
         augment.Settings(p=0.1, scale=-1)
-    augment.check_model(augment.Settings(), 9, "ict")  # off: zero labels are fine
+    augment.check_model(augment.Settings(), 9, "ict", {"edm"})  # off: zero labels are fine
+
+
+def test_the_method_table_names_the_augmenting_methods():
+    """Only EDM's objective applies the augmentation; every other entry refuses augment.p > 0
+    through the table (cm/methods.py), naming the fix."""
+    assert {n for n, m in methods.METHODS.items() if m.augments} == {"edm"}
+    c = tiny_config()
+    c.augment.p = 0.12
+    c.model.augment_dim = augment.label_dim(augment.Settings.from_config(c.augment))
+    for name in ("ict", "ect", "cd", "sct", "meanflow"):
+        c.method.name = name
+        with pytest.raises(ValueError, match=r"augment\.p=0"):
+            methods.objective(c, None)
 
 
 def test_runs_saved_before_the_new_fields_still_resume():
@@ -253,6 +266,16 @@ def test_runs_saved_before_the_new_fields_still_resume():
     run_record.check_compatible(saved, current, "w")
     current["model"]["augment_dim"] = 9
     with pytest.raises(ValueError, match="model"):
+        run_record.check_compatible(saved, current, "w")
+
+
+def test_a_workdir_resumes_only_its_own_method():
+    """method.name decides the train state's auxiliary parameters and extra state (sCT's w(t),
+    CD's teacher): resuming a workdir under another method is refused with the fix."""
+    saved = tiny_config().to_dict()
+    current = tiny_config().to_dict()
+    current["method"]["name"] = "sct"
+    with pytest.raises(ValueError, match=r"method\.name: ict there, sct now.*--workdir"):
         run_record.check_compatible(saved, current, "w")
 
 
