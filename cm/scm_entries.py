@@ -15,6 +15,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from absl import logging
 
 from cm import meanflow, sct, trigflow
 from cm.method_spec import Denoisers, Method, SamplerKind, invalid
@@ -90,6 +92,21 @@ def _number(path, value, lo=None, lo_open=False, integer=False):
         invalid(path, value, f"it must be {kind}{bound}")
 
 
+# sCM's own time label c_noise(t) = t: its JVP time tangent cos t sin t dc/dt peaks at 1/2.
+SCM_LABEL_TANGENT = 0.5
+
+
+def label_time_tangent(config) -> float:
+    """The largest |cos t sin t d c_noise / dt| over t in (0, pi/2): what one unit of the JVP's
+    time direction (jvp_tangent scales it by cos t sin t) moves the network's time label. For
+    the edm form it is the label's slope per unit ln sigma (d ln sigma / dt = 1 / (cos t sin t))."""
+    m = config.method
+    label = trigflow.time_label_fn(m.trig_form, m.sigma_data, m.trig_time_scale, m.noise_label)
+    t = jnp.linspace(0.01, np.pi / 2 - 0.01, 64)  # [64], inside the open interval
+    _, dlabel = jax.jvp(label, (t,), (jnp.ones_like(t),))
+    return float(jnp.max(jnp.abs(jnp.cos(t) * jnp.sin(t) * dlabel)))
+
+
 def check_scm(config, mode: str, distill: bool):
     """sCT/sCD fields (every mode: they shape the loss, the state and the samplers)."""
     del mode
@@ -108,6 +125,15 @@ def check_scm(config, mode: str, distill: bool):
             "method.scm_tangent_norm", m.scm_tangent_norm, f"valid are {list(sct.TANGENT_NORMS)}"
         )
     _number("method.trig_time_scale", m.trig_time_scale, 0, lo_open=True)
+    tangent = label_time_tangent(config)
+    if tangent > SCM_LABEL_TANGENT:
+        logging.warning(
+            "The network's time label moves %.3g per unit of the JVP's time tangent, %.0fx "
+            "sCM's c_noise(t) = t; sCM found such labels unstable and sCD on the digits diverged "
+            "with noise_label 250_log_sigma (docs/methods.md section 9).",
+            tangent,
+            tangent / SCM_LABEL_TANGENT,
+        )
     _number("method.scm_p_mean", m.scm_p_mean)
     _number("method.scm_p_std", m.scm_p_std, 0, lo_open=True)
     _number("method.scm_tangent_warmup_steps", m.scm_tangent_warmup_steps, 0, integer=True)

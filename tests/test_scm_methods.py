@@ -7,7 +7,17 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from cm import config_checks, data, experiment, modes, run_record, state, train, train_step
+from cm import (
+    config_checks,
+    data,
+    experiment,
+    modes,
+    run_record,
+    scm_entries,
+    state,
+    train,
+    train_step,
+)
 from cm.checkpoint import Checkpointer
 from configs.demo import get_config as demo_config
 
@@ -67,6 +77,40 @@ def test_summary_mode_on_the_demo_config(edm_source, name, capsys):
 def test_bad_fields_are_one_sentence(overrides, match):
     with pytest.raises(ValueError, match=match):
         config_checks.check(tiny_config(**overrides), "summary")
+
+
+@pytest.mark.parametrize(
+    "form, noise_label, time_scale, expected",
+    [
+        # edm form: the label's slope per unit ln sigma (d ln sigma / dt = 1 / (cos t sin t)):
+        # 250 ln sigma -> 250; ln(sigma) / 4 -> 0.25.
+        ("edm", "250_log_sigma", 1.0, 250.0),
+        ("edm", "log_sigma_over_4", 1.0, 0.25),
+        # trigflow form, c = s t: s cos t sin t peaks at t = pi / 4 with s / 2 (the 64-point
+        # grid misses pi / 4 by at most 0.012, so cos t sin t >= 0.5 - 0.0002 there).
+        ("trigflow", "250_log_sigma", 1.0, 0.5),
+        ("trigflow", "250_log_sigma", 1000.0, 500.0),
+    ],
+)
+def test_label_time_tangent_by_hand(form, noise_label, time_scale, expected):
+    c = tiny_config(method__name="sct", method__trig_form=form, method__noise_label=noise_label)
+    c.method.trig_time_scale = time_scale
+    assert scm_entries.label_time_tangent(c) == pytest.approx(expected, rel=5e-4)
+
+
+def test_a_label_with_a_steep_time_tangent_is_warned_about(caplog):
+    """sCD through the demo's 250 ln(sigma) label diverged on the digits (BENCHMARKS.md): the
+    checks say so; EDM's own ln(sigma) / 4 passes silently."""
+    c = tiny_config(method__name="sct", method__trig_form="edm")
+    c.method.noise_label = "250_log_sigma"
+    with caplog.at_level("WARNING"):
+        config_checks.check(c, "summary")
+    assert "500x sCM's c_noise(t) = t" in caplog.text
+    caplog.clear()
+    c.method.noise_label = "log_sigma_over_4"
+    with caplog.at_level("WARNING"):
+        config_checks.check(c, "summary")
+    assert "c_noise(t) = t" not in caplog.text
 
 
 @pytest.mark.parametrize("name", ["sct", "meanflow"])
