@@ -10,7 +10,9 @@ distance(f(x_{n+1}, t_{n+1}), f_target(x_hat_n, t_n)), where f is the student's 
 function and f_target the same function with the target parameters under stop_gradient: the
 student's own (method.cd_target_ema = 0, CM's CIFAR-10 code) or their EMA with rate mu (> 0),
 kept in the extra state. Student and target share the dropout key; the teacher runs without
-dropout. CM's LPIPS distance is not implemented: method.distance (l2, pseudo_huber, ...).
+dropout. method.distance: l2, pseudo_huber, ... or CM's lpips (cm/lpips.py), whose frozen VGG16
+and heads, read from method.lpips_vgg_path and method.lpips_lin_path when the run starts, live
+in the extra state under "lpips" beside the teacher (losses.frozen_weights).
 """
 
 import functools
@@ -18,7 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from cm import losses, schedules
+from cm import losses, lpips, schedules
 from cm.method_spec import (
     Method,
     invalid,
@@ -60,7 +62,9 @@ def cd_loss(
     target_ema: float,
 ):
     """CD's loss (module docstring). denoise: the student's consistency function; teacher: EDM's
-    denoiser of the network; extra: {"teacher": params, "target": params when target_ema > 0}."""
+    denoiser of the network; extra: {"teacher": params, "target": params when target_ema > 0,
+    "lpips": weights for that distance}; distance: fn(a, b, c, extra) -> [B] (losses.get_distance
+    with the config)."""
     del aux, step
     x, labels = batch["image"], batch.get("label")  # [B, H, W, C], [B]
     sigmas = schedules.karras_sigmas(num_scales, sigma_min, sigma_max, rho, num_scales)  # [N]
@@ -76,7 +80,7 @@ def cd_loss(
     target_params = jax.lax.stop_gradient(extra["target"] if target_ema > 0 else params)
     target = jax.lax.stop_gradient(denoise(target_params, x_lo, t_lo, labels, True, k_dropout))
 
-    per_sample = distance(student, target, losses.huber_c(x[0].size, c_factor))  # [B]
+    per_sample = distance(student, target, losses.huber_c(x[0].size, c_factor), extra)  # [B]
     loss = jnp.mean(per_sample)
     return loss, {"loss": loss, "sigma_mean": jnp.mean(t_hi)}
 
@@ -92,7 +96,7 @@ def objective(config, denoisers):
         sigma_min=m.sigma_min,
         sigma_max=m.sigma_max,
         rho=m.rho,
-        distance=losses.get_distance(m.distance),
+        distance=losses.get_distance(m.distance, config),
         c_factor=m.huber_c_factor,
         target_ema=m.cd_target_ema,
     )
@@ -122,15 +126,44 @@ def update_extra(config):
 
 def check(config, mode: str):
     """CD's fields (every mode: they shape the loss and the train state): a grid of at least
-    2 levels, a target rate in [0, 1)."""
+    2 levels, a target rate in [0, 1), and LPIPS's settings when it is the distance."""
     del mode
     m = config.method
+    if m.distance == "lpips":
+        _check_lpips(config)
     n = m.cd_num_scales
     if not (isinstance(n, int) and not isinstance(n, bool) and n >= 2):
         invalid("method.cd_num_scales", n, "the Karras grid needs an integer >= 2 levels")
     mu = m.cd_target_ema
     if not (isinstance(mu, int | float) and 0 <= mu < 1):
         invalid("method.cd_target_ema", mu, "the target EMA rate must be a number in [0, 1)")
+
+
+def _check_lpips(config):
+    """A known pooling, a resize side >= 0, RGB or gray images, and a VGG input large enough
+    that relu5_3 keeps a pixel after four 2x2 poolings."""
+    m, d = config.method, config.data
+    if m.lpips_pooling not in lpips.POOLINGS:
+        reason = f"it must be one of {list(lpips.POOLINGS)}"
+        invalid("method.lpips_pooling", m.lpips_pooling, reason)
+    r = m.lpips_resize
+    if not (isinstance(r, int) and not isinstance(r, bool) and r >= 0):
+        invalid("method.lpips_resize", r, "it must be an integer >= 0 (0 = no resize)")
+    if d.channels not in (1, 3):
+        invalid(
+            "method.distance",
+            m.distance,
+            f"LPIPS compares RGB (or gray) images, and data.channels={d.channels}",
+            "--config.method.distance=pseudo_huber (or l2) for such data",
+        )
+    if max(d.image_size, r) < lpips.MIN_SIDE:
+        invalid(
+            "method.lpips_resize",
+            r,
+            f"LPIPS's VGG16 needs images of at least {lpips.MIN_SIDE} pixels a side and "
+            f"data.image_size={d.image_size}",
+            f"--config.method.lpips_resize to at least {lpips.MIN_SIDE} (CM: 224)",
+        )
 
 
 METHOD = Method(
@@ -142,4 +175,5 @@ METHOD = Method(
     check=check,
     init_sources=("edm",),
     requires_init_from=True,
+    network_distance=True,
 )

@@ -16,7 +16,7 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
-from cm import methods
+from cm import losses, methods
 from cm.evaluation import evaluator
 
 SAMPLING_PARAMS = ("ema", "online")  # sampling.params: which parameters the samplers use
@@ -310,9 +310,19 @@ def _check_eval(config, mode: str):
 
 
 def _check_method(config, mode: str):
-    """The method's own fields (its entry's check), and method.init_from where it is required."""
-    methods.check(config, mode)
+    """The method's own fields (its entry's check), method.init_from where it is required, and
+    a network distance (LPIPS) only for a method that carries its frozen weights."""
     entry = methods.get(config.method.name)
+    if losses.is_network_distance(config.method.distance) and not entry.network_distance:
+        carriers = sorted(name for name, e in methods.METHODS.items() if e.network_distance)
+        _fail(
+            "method.distance",
+            config.method.distance,
+            f"it runs a frozen network that only method.name in {carriers} carries",
+            f"--config.method.distance to one of {sorted(losses.DISTANCES)} (or "
+            f"--config.method.name={carriers[0]})",
+        )
+    methods.check(config, mode)
     if mode == "train" and entry.requires_init_from and not config.method.init_from:
         _fail(
             "method.init_from",

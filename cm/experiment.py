@@ -12,7 +12,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cm import init_from, keys, latents, methods, power_ema, precision, sampling, state
+from cm import init_from, keys, latents, losses, methods, power_ema, precision, sampling, state
 from cm.method_spec import Denoisers
 from cm.models import build_model
 
@@ -86,12 +86,25 @@ def init_params(exp: Experiment, config):
     ]
 
 
-def fresh_state(exp: Experiment, config, params) -> state.TrainState:
+def frozen_weights(config, abstract: bool = False) -> dict:
+    """The frozen network weights the run's method carries besides init_extra's state: those of
+    method.distance's network when the method's entry allows one (Method.network_distance),
+    else {}. Read from their files on the host (numpy), or their ShapeDtypeStructs when
+    `abstract`."""
+    if not methods.get(config.method.name).network_distance:
+        return {}
+    return losses.frozen_weights(config, abstract)
+
+
+def fresh_state(exp: Experiment, config, params, frozen=None) -> state.TrainState:
     """The step-0 state around `params`: every EMA and power EMA a copy of them, a fresh
-    optimizer state, and the method's auxiliary parameters and extra state (cm/methods.py)."""
+    optimizer state, and the method's auxiliary parameters and extra state (cm/methods.py),
+    `frozen` (frozen_weights) added to the latter."""
     entry, t = methods.get(config.method.name), config.training
     aux = entry.init_aux(config, keys.indexed(config.seed, "init", 1)) if entry.init_aux else None
     extra = entry.init_extra(config, params) if entry.init_extra else None
+    if frozen:
+        extra = {**(extra or {}), **frozen}
     num_emas, num_power = state.num_emas(t), len(t.power_ema_stds)
     return state.create(params, exp.tx, num_emas, num_power, aux=aux, extra=extra)
 
@@ -102,26 +115,49 @@ def check_init_from(exp: Experiment, config):
     init_from.check(config, jax.eval_shape(lambda: init_params(exp, config)))
 
 
+def check_frozen_weights(config):
+    """Reads and checks the frozen weights' files (frozen_weights): for a new run to refuse a
+    missing or wrong file before it writes anything."""
+    frozen_weights(config)
+
+
+def _replicated(exp: Experiment, host):
+    """Numpy arrays (the same on every process) -> arrays replicated over the mesh."""
+    return jax.tree.map(
+        lambda a: jax.make_array_from_callback(a.shape, exp.replicated, lambda i: a[i]), host
+    )
+
+
+def state_around(exp: Experiment, config, params) -> state.TrainState:
+    """fresh_state around replicated `params`, built on the devices by one jitted program that
+    takes the method's frozen weights (read here) as arguments, never as constants."""
+    frozen = _replicated(exp, frozen_weights(config))
+    make = jax.jit(lambda p, f: fresh_state(exp, config, p, f), out_shardings=exp.replicated)
+    return make(params, frozen)
+
+
 def init_state(exp: Experiment, config) -> state.TrainState:
     """A fresh replicated train state, built directly on the devices: from random parameters,
     or from those of the checkpoint method.init_from names (cm/init_from.py)."""
     if config.method.init_from:
         shapes = jax.eval_shape(lambda: init_params(exp, config))
         host = init_from.load_params(config, shapes)  # numpy, read by every process
-        params = jax.tree.map(
-            lambda a: jax.make_array_from_callback(a.shape, exp.replicated, lambda i: a[i]), host
-        )
-        return jax.jit(lambda p: fresh_state(exp, config, p), out_shardings=exp.replicated)(params)
+        return state_around(exp, config, _replicated(exp, host))
 
-    def make():
-        return fresh_state(exp, config, init_params(exp, config))
+    def make(frozen):
+        return fresh_state(exp, config, init_params(exp, config), frozen)
 
-    return jax.jit(make, out_shardings=exp.replicated)()
+    frozen = _replicated(exp, frozen_weights(config))
+    return jax.jit(make, out_shardings=exp.replicated)(frozen)
 
 
 def abstract_state(exp: Experiment, config):
-    """Shapes, dtypes and shardings of the train state, for restoring without allocating it."""
-    shapes = jax.eval_shape(lambda: fresh_state(exp, config, init_params(exp, config)))
+    """Shapes, dtypes and shardings of the train state, for restoring without allocating it
+    (the frozen weights by their shapes: no file is read)."""
+    shapes = jax.eval_shape(
+        lambda f: fresh_state(exp, config, init_params(exp, config), f),
+        frozen_weights(config, abstract=True),
+    )
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=exp.replicated), shapes
     )

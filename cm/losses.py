@@ -1,10 +1,21 @@
-"""Per-sample distances between two batches of samples, as pure functions of arrays.
+"""Per-sample distances between two batches of samples, as pure functions of arrays, and the
+one table that resolves method.distance.
 
 iCT's pseudo-Huber acts on the whole sample vector; sLCT's Cauchy and the iLCT baseline's
-pseudo-Huber (as the sLCT authors' code computes it) on the mean over elements.
+pseudo-Huber (as the sLCT authors' code computes it) on the mean over elements. LPIPS (CM's
+distance for consistency distillation, cm/lpips.py) runs a frozen network: its weights are read
+from files when a run starts and travel in the method's extra state (checkpointed, never
+trained), so only a method whose table entry carries them (Method.network_distance: CD) may name
+it.
 """
 
+import dataclasses
+from collections.abc import Callable
+
+import jax
 import jax.numpy as jnp
+
+from cm import lpips, lpips_weights, precision
 
 
 def _flat(a):
@@ -61,8 +72,68 @@ DISTANCES = {
 }
 
 
-def get_distance(name: str):
-    """The distance function for a config string."""
+@dataclasses.dataclass(frozen=True)
+class NetworkDistance:
+    """A distance computed by a frozen network whose weights are read from files."""
+
+    distance: Callable  # (weights, a, b, config) -> [B]
+    load: Callable  # config.method -> the weights (numpy), read from the files it names
+    shapes: Callable  # () -> the weights' ShapeDtypeStructs, no file read
+
+
+def _lpips(weights, a, b, config):
+    m = config.method
+    return lpips.lpips(weights, a, b, m.lpips_resize, m.lpips_pooling)
+
+
+NETWORK_DISTANCES = {
+    "lpips": NetworkDistance(_lpips, lpips_weights.load_from_config, lpips_weights.shapes),
+}
+
+
+def is_network_distance(name: str) -> bool:
+    return name in NETWORK_DISTANCES
+
+
+def get_distance(name: str, config=None):
+    """The per-sample distance of config string `name`: fn(a, b, c) -> [B].
+
+    With `config` (a method whose entry carries network distances, Method.network_distance)
+    every name gives fn(a, b, c, frozen) instead, `frozen` being the method's extra state: a
+    network distance reads its weights from frozen[name] under stop_gradient and runs its
+    network at model.matmul_precision; the others ignore `frozen`.
+    """
+    if name in NETWORK_DISTANCES:
+        if config is None:
+            raise ValueError(
+                f"method.distance={name!r} runs a frozen network that only consistency "
+                f"distillation carries; set --config.method.name=cd or --config.method.distance "
+                f"to one of {sorted(DISTANCES)}."
+            )
+        network = precision.with_matmul_precision(
+            NETWORK_DISTANCES[name].distance, config.model.matmul_precision
+        )
+
+        def distance(a, b, c, frozen):
+            del c
+            return network(jax.lax.stop_gradient(frozen[name]), a, b, config)
+
+        return distance
     if name not in DISTANCES:
-        raise ValueError(f"Unknown method.distance {name!r}; valid: {sorted(DISTANCES)}.")
-    return DISTANCES[name]
+        valid = sorted(DISTANCES) + sorted(NETWORK_DISTANCES)
+        raise ValueError(f"Unknown method.distance {name!r}; valid: {valid}.")
+    plain = DISTANCES[name]
+    if config is None:
+        return plain
+    return lambda a, b, c, frozen: plain(a, b, c)
+
+
+def frozen_weights(config, abstract: bool = False) -> dict:
+    """{method.distance: its network's weights} for a network distance, {} for the others:
+    numpy arrays read from the files the config names, or their ShapeDtypeStructs when
+    `abstract` (restoring a checkpoint that holds them reads no file)."""
+    name = config.method.distance
+    if name not in NETWORK_DISTANCES:
+        return {}
+    network = NETWORK_DISTANCES[name]
+    return {name: network.shapes() if abstract else network.load(config.method)}

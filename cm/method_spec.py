@@ -45,6 +45,9 @@ class Method:
     init_sources: tuple | None = None
     requires_init_from: bool = False  # training refuses to start from random parameters
     augments: bool = False  # the objective applies EDM's augmentation when augment.p > 0
+    # method.distance may name a network distance (losses.NETWORK_DISTANCES: lpips), whose
+    # frozen weights the run then carries in its extra state under the distance's name.
+    network_distance: bool = False
 
 
 def precond_pair(train_kind: str, sample_kind: str) -> Callable:

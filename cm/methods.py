@@ -36,6 +36,12 @@ entry is a `method_spec.Method`:
         the method's own config fields, before anything is written (config_checks.check).
     init_sources: which recorded method.name a method.init_from checkpoint may have; None =
         any. requires_init_from: training refuses random parameters (a distilled teacher).
+    network_distance: method.distance may name a distance computed by a frozen network
+        (losses.NETWORK_DISTANCES: lpips). Its weights are read from the files the config names
+        when a run starts (experiment.frozen_weights), passed to the state's jitted constructor
+        as arguments (never as constants) and kept in the extra state under the distance's
+        name; the objective then gets fn(a, b, c, extra) from losses.get_distance(name, config).
+        config_checks refuses a network distance for the other methods.
 
 The train state of a method without init_aux and init_extra is state.TrainState, exactly as
 before the table existed (its checkpoints keep their layout); with either, it is

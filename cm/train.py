@@ -79,8 +79,11 @@ def train_and_evaluate(config, workdir: str):
     exp = experiment.build(config)
     check_batch_size(config, exp.mesh.size)
     run_record.check(workdir, config.to_dict())
-    if config.method.init_from and not fileio.listdir(fileio.path(workdir) / "checkpoints"):
-        experiment.check_init_from(exp, config)  # a new run: refuse a bad source before writing
+    if not fileio.listdir(fileio.path(workdir) / "checkpoints"):
+        # A new run: refuse a bad source or weights file before writing.
+        if config.method.init_from:
+            experiment.check_init_from(exp, config)
+        experiment.check_frozen_weights(config)
     lock = lock_workdir(workdir, t)
     try:
         return _train(config, workdir, source, exp)

@@ -13,14 +13,26 @@ Prepare the data once (array_record: random access, exact resume), then pass
 
     tfds build cifar10 --data_dir=DIR --file_format=array_record
 
+The distance is CM's LPIPS (docs/methods.md section 8), whose two weight files a training start
+reads (then its checkpoints carry them: a resume, --mode=sample and --mode=eval need neither;
+--mode=summary needs none). On a machine with internet download them to their default places,
+or anywhere with --config.method.lpips_vgg_path and --config.method.lpips_lin_path:
+
+    https://download.pytorch.org/models/vgg16-397923af.pth
+        -> ~/.cache/cm/vgg16-397923af.pth           (torchvision's ImageNet VGG16)
+    https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth
+        -> ~/.cache/cm/lpips/v0.1/vgg.pth           (the lpips package's v0.1 heads)
+
+A missing or wrong file stops the start with one sentence before anything is written;
+--config.method.distance=pseudo_huber trains without them.
+
 CM's recipe: N = 18, Heun, uniform weighting, the stop-gradient student as target (the
 "consistency" loss of jcm passes no target parameters: mu = 0), batch 512, 800k steps, RAdam
 4e-4 without warm-up (jcm's RAdam branch applies no schedule) or clipping, EMA 0.9999, dropout 0,
-the student initialized from the teacher. Two readings (docs/methods.md section 8): CM's teacher
-was its own NCSN++ EDM; here the network is configs/cifar10_edm.py's DDPM++ (the imported
-edm-cifar10-32x32-uncond-vp.pkl, as ECT's), whose weights method.init_from must match. CM's
-CIFAR-10 distance was LPIPS, which `cm` does not implement: pseudo-Huber over the whole sample
-(iCT's c) stands in.
+the student initialized from the teacher, LPIPS on images upsampled to 224 with VGG16's max
+pooling (jcm's LPIPS port). One reading (docs/methods.md section 8): CM's teacher was its own
+NCSN++ EDM; here the network is configs/cifar10_edm.py's DDPM++ (the imported
+edm-cifar10-32x32-uncond-vp.pkl, as ECT's), whose weights method.init_from must match.
 """
 
 from configs import cifar10_edm
@@ -50,7 +62,9 @@ def get_config(arg=None):
     c.method.sigma_min = 0.002
     c.method.sigma_max = 80.0
     c.method.rho = 7.0
-    c.method.distance = "pseudo_huber"  # CM: LPIPS (not implemented)
+    c.method.distance = "lpips"  # CM's CIFAR-10 CD (jcm configs/cifar10_ve_cd.py)
+    c.method.lpips_resize = 224  # jcm resizes to 224 x 224 (bilinear) before LPIPS
+    c.method.lpips_pooling = "max"  # jcm's LPIPS (lpips-j on flaxmodels' VGG16): max pooling
     c.method.noise_label = "log_sigma_over_4"  # jcm and EDM: c_noise = ln(sigma)/4
     c.method.init_from = ""  # the teacher: an EDM workdir (see the command above)
     c.method.init_params = "ema"

@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.method.p_std = 2.0  # iCT index distribution (EDM training uses 1.2)
     c.method.s0 = 10
     c.method.s1 = 1280
-    c.method.distance = "pseudo_huber"  # pseudo_huber | l2 | cauchy
+    c.method.distance = "pseudo_huber"  # pseudo_huber | l2 | cauchy | pseudo_huber_lct | lpips (cd)
     c.method.huber_c_factor = 0.00054  # c = factor * sqrt(d)
     # sLCT switches (docs/methods.md section 3); the defaults are plain iCT.
     c.method.adaptive_c = False  # c(N) = exp(slope ln(N - 1) + offset) after the first stage
@@ -102,6 +102,16 @@ def base_config() -> ml_collections.ConfigDict:
     # mu of the target EMA of the student; 0 = the stop-gradient student itself (CM's CIFAR-10
     # CD code runs 0; the CM paper's ImageNet-64 / LSUN CD used 0.95).
     c.method.cd_target_ema = 0.0
+    # method.distance = "lpips" (CD only; cm/lpips.py, docs/methods.md section 8): LPIPS-VGG
+    # v0.1 on images upsampled bilinearly to lpips_resize a side when smaller (CM: 224; 0 =
+    # never); VGG16 poolings "max" (CM's CIFAR-10 code, the lpips package) or "avg" (CM's
+    # PyTorch code for ImageNet 64 / LSUN: piq with replace_pooling=True). The weights are read
+    # once, when a run starts (a resume has them in its checkpoints): torchvision's VGG16 and
+    # the lpips package's calibrated heads (README, "From a diffusion model").
+    c.method.lpips_resize = 224
+    c.method.lpips_pooling = "max"
+    c.method.lpips_vgg_path = "~/.cache/cm/vgg16-397923af.pth"
+    c.method.lpips_lin_path = "~/.cache/cm/lpips/v0.1/vgg.pth"
     # sCT / sCD (docs/methods.md section 9; sCM arXiv 2410.11081, Algorithm 1; cm/sct.py).
     # TrigFlow's F: trigflow = net(x_t / sd, trig_time_scale * t) (sCM) | edm = an EDM network
     # reused exactly (sCD, or sCT started from an EDM checkpoint; c_noise = method.noise_label).

@@ -19,7 +19,7 @@ CD = dict(
     sigma_min=0.002,
     sigma_max=80.0,
     rho=7.0,
-    distance=losses.l2,
+    distance=losses.get_distance("l2", tiny_config(method__name="cd")),  # fn(a, b, c, extra)
     c_factor=0.0,
     target_ema=0.0,
 )

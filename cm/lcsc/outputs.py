@@ -27,9 +27,9 @@ def write_merged(config, exp, params, coefficients, step: int, path):
     ckpt = Checkpointer(str(path), 1)
     if ckpt.latest_step() != step:
         # The method's step-0 state around the merged parameters (its auxiliary parameters and
-        # extra state fresh: LCSC merges the network only; cm/methods.py).
-        make = lambda p: experiment.fresh_state(exp, config, p)  # noqa: E731
-        train_state = jax.jit(make, out_shardings=exp.replicated)(params)
+        # extra state fresh, frozen weights read from their files: LCSC merges the network only;
+        # cm/methods.py).
+        train_state = experiment.state_around(exp, config, params)
         ckpt.save(step, train_state.replace(step=jnp.asarray(step, jnp.int32)))
     ckpt.close()
     run_record.record_start(str(path), config.to_dict(), 0)  # the merged run's config.json
