@@ -5,8 +5,9 @@
 #
 # Runs in parts, most useful first, within BUDGET seconds in all (default 540: under a 600 s
 # command limit, 30 s kept for the report):
-#   1. benchmarks/jvp_cost.py: the sCT and MeanFlow steps against iCT's (cifar10_ict's NCSN++,
-#      batch JVP_BATCH, default 128) -> jvp_cost.txt,
+#   1. benchmarks/profile_step.py: the kernels of cifar10_ict's training step by device time
+#      (batch PROFILE_BATCH, default 128) -> profile_step.txt; the first H200 lease measured
+#      0.47 TFLOP/s for that step (BENCHMARKS.md), and this says where the time goes,
 #   2. benchmarks/device_check.py: training steps at the device default precision and in
 #      bfloat16 (4 networks),
 #   3. benchmarks/precision_study.py on the device's real float32-default and bfloat16 paths
@@ -14,7 +15,9 @@
 #   4. samplers (1-step, Heun 35 evaluations) and Inception features,
 #   5. training steps at the highest (float32) precision,
 #   6. the largest per-device batch of each network (doubling from 128 / 32, up to 1024),
-#   7. with rematerialized blocks (model.remat): bfloat16 steps, the largest batch.
+#   7. with rematerialized blocks (model.remat): bfloat16 steps, the largest batch,
+#   8. benchmarks/jvp_cost.py: the sCT and MeanFlow steps against iCT's (cifar10_ict's NCSN++,
+#      batch JVP_BATCH, default 128; measured on the first H200 lease) -> jvp_cost.txt.
 # A part that fails or runs out of its time is logged and the next one runs.
 # Finished units are kept in runs/device_check/results.json and compiled programs in
 # runs/device_check/jax_cache, so running the script again on the same machine continues where
@@ -79,10 +82,10 @@ module_part() {
 QUICK=0
 for flag in "${EXTRA[@]}"; do [ "$flag" = "--quick" ] && QUICK=1; done
 if [ "$QUICK" = 1 ]; then
-  module_part jvp_cost benchmarks.jvp_cost --config=configs/demo.py --steps=2
+  module_part profile_step benchmarks.profile_step --config=configs/demo.py --steps=2
 else
-  module_part jvp_cost benchmarks.jvp_cost --config=configs/cifar10_ict.py \
-    --config.training.batch_size="${JVP_BATCH:-128}" --steps=10
+  module_part profile_step benchmarks.profile_step --config=configs/cifar10_ict.py \
+    --config.training.batch_size="${PROFILE_BATCH:-128}" --steps=5
 fi
 part --sections=train --precisions="f32 default,bf16"
 module_part precision_study benchmarks.precision_study --variants="f32 default,bf16" \
@@ -92,8 +95,14 @@ part --sections=sample,inception
 part --sections=train --precisions="f32 highest"
 part --sections=max_batch --max_batch_cap=1024
 part --sections=train,max_batch --precisions=bf16 --max_batch_cap=2048 --remat  # +remat rows
+if [ "$QUICK" = 1 ]; then
+  module_part jvp_cost benchmarks.jvp_cost --config=configs/demo.py --steps=2
+else
+  module_part jvp_cost benchmarks.jvp_cost --config=configs/cifar10_ict.py \
+    --config.training.batch_size="${JVP_BATCH:-128}" --steps=10
+fi
 
 "$PY" -m benchmarks.device_check --results="$RESULTS" --report \
   --compilation_cache_dir="$STATE/jax_cache" "${EXTRA[@]}" | tee "$OUT_DIR/device_check.txt"
-if [ "$OUT_DIR" != "$STATE" ]; then cp "$RESULTS" "$OUT_DIR/results.json" 2>/dev/null; fi
+# $OUT brings back 8 files at most: the table above stands for results.json there.
 echo "elapsed $(($(date +%s) - START)) s of a $BUDGET s budget"

@@ -1,0 +1,146 @@
+"""Where the training step's device time goes: the kernels of a profiled step, by total time.
+
+    python -m benchmarks.profile_step --config=configs/cifar10_ict.py \
+        --config.training.batch_size=128 --trace_dir=$OUT/trace
+
+The production step (cm/train_step.py) of the config, compiled once, runs --steps times under
+jax.profiler; the Perfetto trace's device events (a process named like "/device:GPU:0"; on a
+CPU, the XLA worker threads) are summed by kernel name. Prints one table: kernel, milliseconds
+per step, share of the traced device time, calls per step, and a kind: "matmul/conv" for
+library matrix kernels (cuDNN, cuBLAS, CUTLASS, XLA's triton gemms), "fusion" for XLA's
+generated kernels, else "other". The first question it answers on an accelerator: is the step
+bound by convolution arithmetic, or by the many small elementwise and normalization kernels?
+"""
+
+import collections
+import glob
+import gzip
+import json
+import os
+import tempfile
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from benchmarks import measure
+from cm import experiment, perf
+from cm.train_step import make_train_step
+
+FLAGS = {}
+
+
+def define_flags():
+    """The command-line flags, defined only when this runs as a script, so that importing it
+    (the tests) adds nothing to absl's global flags (other benchmarks have --config, --steps)."""
+    FLAGS["config"] = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file.")
+    FLAGS["steps"] = flags.DEFINE_integer("steps", 5, "Profiled steps, after the compiling one.")
+    FLAGS["top"] = flags.DEFINE_integer("top", 25, "Kernels listed (the rest in one row).")
+    FLAGS["trace_dir"] = flags.DEFINE_string("trace_dir", "", "Trace folder ('' = a temp one).")
+
+
+# Substrings of library matrix-kernel names (lower case).
+MATMUL_MARKS = ("conv", "gemm", "cudnn", "cublas", "cutlass", "xmma", "wgmma", "dot", "matmul")
+# On a CPU: XLA's worker threads hold the kernels, next to the executor's own wrapper events.
+CPU_KERNEL_THREAD = "tf_XLA"
+CPU_WRAPPERS = ("ThunkExecutor", "Wait for", "PjRt", "Execute")
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    if any(mark in low for mark in MATMUL_MARKS):
+        return "matmul/conv"
+    return "fusion" if "fusion" in low else "other"
+
+
+def device_events(trace: dict) -> list:
+    """The complete ('X') events of the device: those of a process whose name names a GPU or
+    TPU device, else (a CPU run) those of XLA's worker threads that are not wrappers."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    meta = [e for e in events if e.get("ph") == "M"]
+    processes = {e["pid"]: e["args"].get("name", "") for e in meta if e["name"] == "process_name"}
+    threads = {
+        (e["pid"], e["tid"]): e["args"].get("name", "") for e in meta if e["name"] == "thread_name"
+    }
+    devices = {pid for pid, n in processes.items() if "GPU" in n or "TPU" in n}
+    complete = [e for e in events if e.get("ph") == "X" and "dur" in e]
+    if devices:
+        return [e for e in complete if e["pid"] in devices]
+    return [
+        e
+        for e in complete
+        if threads.get((e["pid"], e.get("tid")), "").startswith(CPU_KERNEL_THREAD)
+        and not any(mark in e["name"] for mark in CPU_WRAPPERS)
+    ]
+
+
+def kernel_table(events: list, steps: int, top: int) -> list[dict]:
+    """Rows of the table: per kernel name, ms per step, share, calls per step, kind."""
+    total, calls = collections.Counter(), collections.Counter()
+    for e in events:
+        total[e["name"]] += e["dur"]  # microseconds
+        calls[e["name"]] += 1
+    traced = sum(total.values()) or 1.0
+    ranked = total.most_common()
+    rows = [
+        {
+            "kernel": name[:70],
+            "ms/step": f"{us / 1000 / steps:.3f}",
+            "share": f"{100 * us / traced:.1f}%",
+            "calls/step": f"{calls[name] / steps:g}",
+            "kind": kernel_kind(name),
+        }
+        for name, us in ranked[:top]
+    ]
+    rest = ranked[top:]
+    if rest:
+        us = sum(v for _, v in rest)
+        rows.append(
+            {
+                "kernel": f"({len(rest)} more kernels)",
+                "ms/step": f"{us / 1000 / steps:.3f}",
+                "share": f"{100 * us / traced:.1f}%",
+                "calls/step": f"{sum(calls[n] for n, _ in rest) / steps:g}",
+                "kind": "",
+            }
+        )
+    return rows
+
+
+def kind_totals(events: list, steps: int) -> dict:
+    """ms per step of each kernel kind."""
+    totals = collections.Counter()
+    for e in events:
+        totals[kernel_kind(e["name"])] += e["dur"]
+    return {kind: us / 1000 / steps for kind, us in totals.items()}
+
+
+def main(argv):
+    del argv
+    config = FLAGS["config"].value
+    exp = experiment.build(config, jax.devices()[:1])
+    step_fn = make_train_step(exp, tuple(config.training.ema_rates), config.seed)
+    state = experiment.init_state(exp, config)
+    batch = measure.random_batch(config, exp)
+    compiled = step_fn.lower(state, batch).compile()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    trace_dir = FLAGS["trace_dir"].value or tempfile.mkdtemp(prefix="profile_step_")
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        for _ in range(FLAGS["steps"].value):
+            state, metrics = compiled(state, batch)
+        jax.block_until_ready((state, metrics))
+    path = max(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True))
+    with gzip.open(path) as f:
+        events = device_events(json.load(f))
+    steps = FLAGS["steps"].value
+    print(f"device: {jax.devices()[0].device_kind}; batch {config.training.batch_size}; "
+          f"{len(events)} device events over {steps} steps; trace {path}")  # fmt: skip
+    print(perf.format_table(kernel_table(events, steps, FLAGS["top"].value)))
+    kinds = kind_totals(events, steps)
+    print("per step: " + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(kinds.items())))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
