@@ -307,6 +307,16 @@ def augment(key, images, s: Settings):
     return apply(images, params, s), labels(params, s)
 
 
+def for_step(rng, images, s: Settings | None):
+    """The training step's augmentation, shared by every augmenting objective: (augmented
+    [B, H, W, C], labels [B, label_dim]) drawn from fold_in(rng, AUGMENT_TAG) on the global
+    batch (one draw per sample, independent of the sharding), or (images, None) when off, so
+    that the network then gets no augmentation labels and rng's other uses are unchanged."""
+    if s is None or not s.enabled():
+        return images, None
+    return augment(jax.random.fold_in(rng, AUGMENT_TAG), images, s)
+
+
 def check_model(s: Settings, augment_dim: int, method: str, augmenting_methods):
     """Raises one sentence when the augmentation cannot reach the network as configured;
     augmenting_methods: the method names whose objective applies it (the method table's)."""

@@ -16,6 +16,9 @@ trajectory) gives the training target
     loss_i = ||u - target||^2 / sg(||u - target||^2 + eps)^p     (sums over the sample)
 
 t and r are logit-normal; a fixed fraction of each batch has r = t (plain flow matching).
+With EDM's augmentation on (augment.p > 0, the CIFAR-10 recipe), x is the augmented image, so
+v = e - x_aug, and its labels condition u in the JVP (constants: no tangent); sampling passes
+none, which the network reads as zero labels.
 Sampling: z_r = z_t - (t - r) u(z_t, r, t) over decreasing times from 1 to 0; one step is
 x = e - u(e, 0, 1).
 """
@@ -23,6 +26,7 @@ x = e - u(e, 0, 1).
 import jax
 import jax.numpy as jnp
 
+from cm import augment
 from cm.trigflow import bcast
 
 MF_CONDITIONS = ("t_minus_r", "r")  # the second time label: t - r (both official codes) or r
@@ -115,10 +119,17 @@ def meanflow_loss(
     tr_order: str,
     norm_p: float,
     norm_eps: float,
+    augment_settings: augment.Settings | None = None,
 ):
-    """MeanFlow loss (module docstring), batch mean. u: make_u(...). Returns (loss, metrics)."""
+    """MeanFlow loss (module docstring), batch mean. u: make_u(...). Returns (loss, metrics).
+
+    With `augment_settings` enabled, x is the batch after EDM's augmentation (augment.for_step:
+    the key fold_in(rng, augment.AUGMENT_TAG), as EDM's loss), and the labels go to the one
+    network call, whose JVP gives both the prediction and du/dt; otherwise x is the batch and
+    the network gets no augmentation labels (the same numbers as without the option)."""
     del step
     x, labels = batch["image"], batch.get("label")  # [B, H, W, C], [B]
+    x, augment_labels = augment.for_step(rng, x, augment_settings)  # [B, label_dim] | None
     k_time, k_noise, k_dropout = jax.random.split(rng, 3)
     t, r = sample_tr(
         k_time,
@@ -135,7 +146,7 @@ def meanflow_loss(
     v = e - x
     # As the official code: the JVP's primal is the prediction that carries the gradient (a
     # stop-gradient JVP plus a separate forward pass compiles to the same program).
-    fn = lambda z_, r_, t_: u(params, z_, r_, t_, labels, True, k_dropout)
+    fn = lambda z_, r_, t_: u(params, z_, r_, t_, labels, True, k_dropout, augment_labels)
     pred, dudt = total_derivative(fn, z, r, t, v)
     target = jax.lax.stop_gradient(v - bcast(t - r) * dudt)
     err = jnp.sum(jnp.square(pred - target), axis=(1, 2, 3))  # [B]

@@ -121,10 +121,7 @@ def edm_loss(
     """
     del step
     x, labels = batch["image"], batch.get("label")  # [B, H, W, C], [B]
-    augment_labels = None
-    if augment_settings is not None and augment_settings.enabled():
-        key = jax.random.fold_in(rng, augment.AUGMENT_TAG)
-        x, augment_labels = augment.augment(key, x, augment_settings)  # y; [B, label_dim]
+    x, augment_labels = augment.for_step(rng, x, augment_settings)  # y; [B, label_dim] | None
     k_sigma, k_noise, k_dropout = jax.random.split(rng, 3)
     sigma = jnp.exp(p_mean + p_std * jax.random.normal(k_sigma, (x.shape[0],)))  # [B]
     noise = jax.random.normal(k_noise, x.shape, x.dtype) * sigma[:, None, None, None]

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from cm import meanflow, sct, trigflow
+from cm import augment, meanflow, sct, trigflow
 from cm.method_spec import Denoisers, Method, SamplerKind, invalid
 
 
@@ -191,7 +191,8 @@ def meanflow_parameterization(config, model) -> Denoisers:
 
 
 def meanflow_objective(config, denoisers):
-    """MeanFlow's loss_fn of the table's signature (no aux, no extra)."""
+    """MeanFlow's loss_fn of the table's signature (no aux, no extra); EDM's augmentation of
+    config.augment when augment.p > 0 (the CIFAR-10 recipe)."""
     m = config.method
     loss = functools.partial(
         meanflow.meanflow_loss,
@@ -204,6 +205,7 @@ def meanflow_objective(config, denoisers):
         tr_order=m.mf_tr_order,
         norm_p=m.mf_norm_p,
         norm_eps=m.mf_norm_eps,
+        augment_settings=augment.Settings.from_config(config.augment),
     )
 
     def loss_fn(params, batch, rng, step, aux=(), extra=()):
@@ -270,4 +272,5 @@ MEANFLOW = Method(
     parameterization=meanflow_parameterization,
     sampler="meanflow",
     check=check_meanflow,
+    augments=True,
 )

@@ -10,8 +10,13 @@ Prepare the data once, then pass --config.data.tfds_dir=DIR:
 U-Net (DDPM++-style, 2x noise channels, (2, 2, 2), [1, 3, 3, 1] resampling) reading (t, t - r)
 as two concatenated positional embeddings, dropout 0.2; t, r logit-normal(-2, 2) sorted, r = t
 for 25% of the batch, adaptive weighting p = 0.75, eps = 1e-3; Adam 6e-4 with a 200-epoch
-warm-up, batch 1024, EMA 0.9999. Open: the recipe's EDM augmentation (6 labels) is not run, as
-`cm` applies augmentation to method.name = edm only.
+warm-up, batch 1024, EMA 0.9999. EDM's augmentation as the recipe runs it (`--use_edm_aug` in
+both scripts): meanflow/training/train_loop.py builds EDM's AugmentPipe with p = 0.12, xflip
+1e8, scale 1, aniso 1, translate_frac 1 and yflip = rotate_frac = 0, which gives 6 labels
+(x-flip, scale, 2 aniso, 2 translation); meanflow/models/model_configs.py sets augment_dim = 6,
+and the U-Net adds them through a bias-free layer to its concatenated (t, t - r) embedding;
+sampling passes no labels (zeros). The dataset flips too (meanflow/training/data_transform.py:
+RandomHorizontalFlip for training).
 """
 
 from configs import cifar10_edm
@@ -27,13 +32,13 @@ def get_config(arg=None):
     c.data.image_size = 32
     c.data.channels = 3
     c.data.num_classes = 0  # unconditional
-    c.data.random_flip = True  # unverified (the code's default transform)
+    c.data.random_flip = True  # data_transform.py: RandomHorizontalFlip, besides the pipe's x-flip
 
     c.model = cifar10_edm.get_config().model
     c.model.noise_mult = 2
     c.model.resample_filter = (1, 3, 3, 1)
     c.model.embedding = "positional"
-    c.model.augment_dim = 0
+    c.model.augment_dim = 6  # model_configs.py with --use_edm_aug
     c.model.use_labels = False
     c.model.dropout = 0.2
     c.model.matmul_precision = "highest"
@@ -48,7 +53,15 @@ def get_config(arg=None):
     c.method.mf_norm_p = 0.75
     c.method.mf_norm_eps = 1e-3
 
-    c.augment.p = 0.0  # the recipe's augmentation: not run (module docstring)
+    # train_loop.py's AugmentPipe (module docstring): EDM's CIFAR-10 pipeline without y-flips
+    # and rotations; strengths (scale_std, aniso_std, translate_frac_std, ...) at EDM's defaults.
+    c.augment.p = 0.12
+    c.augment.xflip = 1e8
+    c.augment.yflip = 0.0
+    c.augment.scale = 1.0
+    c.augment.rotate_frac = 0.0
+    c.augment.aniso = 1.0
+    c.augment.translate_frac = 1.0
 
     c.optim.name = "adam"
     c.optim.learning_rate = 6e-4

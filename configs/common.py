@@ -186,9 +186,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.compilation_cache_min_compile_seconds = 0.0
 
     # EDM's augmentation pipeline (cm/augment.py; docs/methods.md section 5), applied to each
-    # training batch of method.name = "edm" inside the jitted step. Each transform is drawn
-    # with probability min(multiplier * p, 1) (a drawn flip flips with probability 1/2); its
-    # labels go to the net (model.augment_dim).
+    # training batch inside the jitted step by the methods whose table entry augments (edm,
+    # meanflow; the others refuse p > 0). Each transform is drawn with probability
+    # min(multiplier * p, 1) (a drawn flip flips with probability 1/2); its labels go to the net
+    # (model.augment_dim).
     c.augment = ml_collections.ConfigDict()
     c.augment.p = 0.0  # overall probability multiplier; 0 = off (EDM CIFAR-10: 0.12)
     c.augment.xflip = 1e8  # x-flip multiplier (EDM's 1e8: a flip with probability 1/2 always)

@@ -1,14 +1,16 @@
 """MeanFlow (docs/methods.md section 9): the time sampler, the JVP target against finite
 differences and a point-mass flow, the loss and gradient against float64 numpy, the samplers,
-and the U-Net's second time label."""
+the U-Net's second time label, and EDM's augmentation (the CIFAR-10 recipe's)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_config
 
-from cm import meanflow
+from cm import augment, meanflow, method_spec, methods
 from cm.models.unet import UNet
+from configs import cifar10_meanflow, common
 
 TR = dict(t_mean=-2.0, t_std=2.0, r_mean=-2.0, r_std=2.0, equal_fraction=0.25, tr_order="sorted")
 LOSS = dict(TR, norm_p=0.75, norm_eps=1e-3)
@@ -201,3 +203,131 @@ def test_unet_second_noise_label_is_concatenated_and_off_by_default():
         one.apply({"params": p1}, xs, 0.5, labels, train=False, second_noise_labels=0.1)
     with pytest.raises(ValueError, match="second_noise_label"):
         two.apply({"params": p2}, xs, 0.5, labels, train=False)
+
+
+# The CIFAR-10 recipe's pipeline (configs/cifar10_meanflow.py) with p raised so that every
+# transform happens within a batch of 8.
+MF_AUG = augment.Settings(p=0.6, xflip=1e8, scale=1, aniso=1, translate_frac=1)
+
+
+def _labelled_u(params, z, r, t, labels=None, train=False, dropout_rng=None, augment_labels=None):
+    """u = a z + b t (1 + L.w) + c r with L the augmentation labels (zeros when None): du/dt
+    along (v, 0, 1) is a v + b (1 + L.w), so a JVP that saw other labels gives another target."""
+    b4 = lambda s: s[:, None, None, None]
+    lab = jnp.zeros((z.shape[0], 6)) if augment_labels is None else augment_labels
+    return params["a"] * z + params["b"] * b4(t * (1 + lab @ params["w"])) + params["c"] * b4(r)
+
+
+LABELLED = {
+    "a": jnp.float32(0.6),
+    "b": jnp.float32(-0.3),
+    "c": jnp.float32(0.5),
+    "w": jnp.array([0.4, -0.2, 0.3, 0.1, -0.5, 0.25], jnp.float32),
+}
+
+
+def test_the_recipe_pipeline_is_six_labels_without_yflip_and_rotation():
+    """py-meanflow's AugmentPipe (train_loop.py): xflip, scale, aniso, translate_frac at
+    p = 0.12 -> 1 + 1 + 2 + 2 = 6 labels, model.augment_dim = 6 (model_configs.py)."""
+    c = cifar10_meanflow.get_config()
+    s = augment.Settings.from_config(c.augment)
+    assert s.p == 0.12
+    assert s.enabled() == ("xflip", "scale", "aniso", "translate_frac")
+    assert augment.label_dim(s) == 6 == c.model.augment_dim
+    assert c.data.random_flip  # the dataset's RandomHorizontalFlip (data_transform.py)
+
+
+def test_augment_p_zero_is_the_unaugmented_loss_bit_for_bit():
+    """p = 0 (the default config): the loss and gradient equal those without the option, and
+    those of the loss replayed by hand from the same keys (t, r, e, one JVP)."""
+    off = augment.Settings.from_config(common.base_config().augment)
+    assert off.p == 0
+    batch, rng = _batch(), jax.random.key(7)
+
+    def loss(p, settings):
+        return meanflow.meanflow_loss(
+            _labelled_u, p, batch, rng, 0, **LOSS, augment_settings=settings
+        )[0]
+
+    def replay(p):
+        x = batch["image"]
+        k_time, k_noise, k_dropout = jax.random.split(rng, 3)
+        t, r = meanflow.sample_tr(k_time, 8, **TR)
+        e = jax.random.normal(k_noise, x.shape)
+        v = e - x
+        z = (1.0 - t)[:, None, None, None] * x + t[:, None, None, None] * e
+        fn = lambda z_, r_, t_: _labelled_u(p, z_, r_, t_, batch["label"], True, k_dropout)  # noqa: E731
+        pred, dudt = jax.jvp(fn, (z, r, t), (v, jnp.zeros_like(r), jnp.ones_like(t)))
+        target = jax.lax.stop_gradient(v - (t - r)[:, None, None, None] * dudt)
+        err = jnp.sum(jnp.square(pred - target), axis=(1, 2, 3))
+        return jnp.mean(err / jax.lax.stop_gradient((err + 1e-3) ** 0.75))
+
+    value_and_grad = lambda f: jax.value_and_grad(f)(LABELLED)  # noqa: E731
+    base = value_and_grad(lambda p: loss(p, None))
+    for other in (value_and_grad(lambda p: loss(p, off)), value_and_grad(replay)):
+        for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(other), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_augmented_loss_uses_the_fold_in_draw_in_both_jvp_passes():
+    """p > 0: x is augment.augment's image for fold_in(rng, AUGMENT_TAG), v = e - x_aug, and
+    the JVP's primal and tangent both read its labels L: u = a z + b t (1 + L.w) + c r and
+    target = v - (t - r)(a v + b (1 + L.w)), recomputed in float64."""
+    batch, rng = _batch(), jax.random.key(7)
+    key = jax.random.fold_in(rng, augment.AUGMENT_TAG)
+    x_aug, lab = augment.augment(key, batch["image"], MF_AUG)
+    x_aug, lab = np.asarray(x_aug, np.float64), np.asarray(lab, np.float64)  # [8, 4, 4, 3], [8, 6]
+    assert lab.shape == (8, 6) and np.all(np.any(lab != 0, axis=0))  # every label column drawn
+    assert np.max(np.abs(x_aug - np.asarray(batch["image"]))) > 0.1
+
+    def loss_fn(p, settings=MF_AUG):
+        return meanflow.meanflow_loss(
+            _labelled_u, p, batch, rng, 0, **LOSS, augment_settings=settings
+        )
+
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(LABELLED)
+    t, r, e = _replay(rng, 8, x_aug.shape)
+    t4, r4 = t[:, None, None, None], r[:, None, None, None]
+    a, b, c = 0.6, -0.3, 0.5
+    gain = (1 + lab @ np.asarray(LABELLED["w"], np.float64))[:, None, None, None]  # 1 + L.w
+    z, v = (1 - t4) * x_aug + t4 * e, e - x_aug
+    u = a * z + b * t4 * gain + c * r4
+    target = v - (t4 - r4) * (a * v + b * gain)
+    err = np.sum((u - target) ** 2, axis=(1, 2, 3))
+    weight = (err + 1e-3) ** 0.75
+    np.testing.assert_allclose(loss, np.mean(err / weight), rtol=1e-5)
+    diff = 2 * (u - target) / weight[:, None, None, None]
+    np.testing.assert_allclose(grads["a"], np.mean(np.sum(diff * z, axis=(1, 2, 3))), rtol=1e-4)
+    # Without the labels in the tangent pass the target would move by (t - r) b L.w: far off.
+    wrong = v - (t4 - r4) * (a * v + b)
+    wrong_err = np.sum((u - wrong) ** 2, axis=(1, 2, 3))
+    assert abs(np.mean(wrong_err / (wrong_err + 1e-3) ** 0.75) - float(loss)) > 1e-3
+
+
+def test_the_table_entry_augments_meanflow_and_checks_the_label_width():
+    """methods.objective passes config.augment to MeanFlow's loss; a model.augment_dim that is
+    not the pipeline's label count is one sentence naming the fix."""
+    c = tiny_config(method__name="meanflow")
+    for field in ("p", "xflip", "yflip", "scale", "rotate_frac", "aniso", "translate_frac"):
+        c.augment[field] = getattr(MF_AUG, field)
+    c.model.augment_dim = 6
+    denoisers = method_spec.Denoisers(_labelled_u, _labelled_u, _labelled_u)
+    loss_fn = methods.objective(c, denoisers)
+    batch, rng = _batch(), jax.random.key(7)
+    got, _ = loss_fn(LABELLED, batch, rng, 0)
+    m = c.method
+    kw = dict(t_mean=m.mf_t_mean, t_std=m.mf_t_std, r_mean=m.mf_r_mean, r_std=m.mf_r_std,
+              equal_fraction=m.mf_equal_fraction, tr_order=m.mf_tr_order,
+              norm_p=m.mf_norm_p, norm_eps=m.mf_norm_eps)  # fmt: skip
+
+    def run(settings):
+        return meanflow.meanflow_loss(
+            _labelled_u, LABELLED, batch, rng, 0, **kw, augment_settings=settings
+        )[0]
+
+    want, unaugmented = run(MF_AUG), run(None)
+    np.testing.assert_array_equal(got, want)
+    assert float(jnp.abs(got - unaugmented)) > 1e-4
+    c.model.augment_dim = 9
+    with pytest.raises(ValueError, match=r"gives 6 labels .*--config\.model\.augment_dim=6\.$"):
+        methods.objective(c, denoisers)

@@ -19,6 +19,7 @@ from cm import (
     train_step,
 )
 from cm.checkpoint import Checkpointer
+from configs import cifar10_meanflow
 from configs.demo import get_config as demo_config
 
 
@@ -160,17 +161,27 @@ def test_scd_trains_student_and_weighting_but_not_the_teacher(edm_source):
 @pytest.mark.parametrize("name", ["sct", "meanflow"])
 def test_one_compile_across_warmup_and_four_devices_equal_one_device(name):
     """Steps 0 and 1 straddle the end of the tangent warm-up (r = 0, then 1) in one compiled
-    step; sCT's w(t) is trained; 4 devices give the 1-device losses and parameters."""
+    step; sCT's w(t) is trained; MeanFlow runs its CIFAR-10 recipe's augmentation (6 labels,
+    drawn on the global batch) and trains the label layer; 4 devices give the 1-device losses
+    and parameters."""
     assert jax.device_count() == 4
     c = tiny_config(method__name=name, method__scm_tangent_warmup_steps=1)
     c.model.dropout = 0.1  # one dropout mask per sample whatever the sharding
     c.model.channel_mult = (1,)  # one resolution: the JVP step's compile dominates this test
+    if name == "meanflow":
+        c.augment = cifar10_meanflow.get_config().augment
+        c.augment.p = 0.5  # draw often in a batch of 8
+        c.model.augment_dim = 6
+        c.optim.name = "adam"  # the recipe's; RAdam's first SGD-like steps move the label layer
+        # (behind the 1e-5 output layer) by less than float32 resolves
     one, loss_one, compiles, first = _run(c, jax.devices()[:1], 2)
     four, loss_four, _, _ = _run(c, jax.devices(), 2)
     assert compiles == 1 and int(one.step) == 2 and np.isfinite(loss_one).all()
     assert not _equal(one.params, first.params)
     if name == "sct":
         assert not _equal(one.aux, first.aux) and not jax.tree.leaves(one.extra)
+    else:
+        assert not _equal(one.params["map_augment"], first.params["map_augment"])
     np.testing.assert_allclose(loss_one, loss_four, rtol=1e-5)
     trained = lambda s: (s.params, getattr(s, "aux", ()))  # noqa: E731
     for a, b in zip(_leaves(trained(one)), _leaves(trained(four)), strict=True):
