@@ -45,6 +45,19 @@ def _start_distributed():
         jax.distributed.initialize()
 
 
+def _finish_distributed():
+    """Several processes leave together: a barrier, then jax.distributed's own shutdown, so that
+    no process exits (and takes the coordination service with it, process 0) while another is
+    still finishing its last checkpoint write; an unsynchronized exit can abort the slower one."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("cm.launch.done")
+        jax.distributed.shutdown()
+
+
 def _hide_accelerators_from_tensorflow():
     """TensorFlow (used by tfds and TensorBoard writers) must not grab GPU or TPU memory."""
     try:
@@ -86,6 +99,7 @@ def main(argv):
     try:
         config_checks.check(_CONFIG.value, _MODE.value)  # before anything touches the workdir
         modes.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
+        _finish_distributed()
     except Exception as e:
         # A user error or a full disk: one sentence, no traceback (CM_TRACEBACK=1 shows it).
         # The workdir is kept.

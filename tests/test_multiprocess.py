@@ -20,6 +20,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _failure_excerpt(out: str) -> str:
+    """The lines that say why a process died: around a native abort's "Fatal Python error" (its
+    Python stack comes before the long list of extension modules), else the end."""
+    start = out.find("Fatal Python error")
+    if start < 0:
+        return out[-3000:]
+    return out[max(0, start - 3000) : start + 3000]
+
+
 def test_two_processes_match_one_process_with_four_devices(tmp_path):
     steps = ["--config.training.num_steps=3", "--config.training.checkpoint_every=100"]
     address = f"localhost:{_free_port()}"
@@ -41,7 +50,7 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-3000:]
+        assert p.returncode == 0, _failure_excerpt(out)
     assert "process 1 of 2, 2 local devices of 4" in outputs[1]
 
     assert jax.device_count() == 4
