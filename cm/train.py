@@ -13,6 +13,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
+from orbax.checkpoint import multihost as ocp_multihost
 
 from cm import (
     coupling,
@@ -140,6 +141,11 @@ def _train(config, workdir: str, source, exp: experiment.Experiment):
         batches, config, exp.mesh.size, start, jax.process_index(), jax.process_count()
     )
     last_good = ckpt.restored_step  # the checkpoint this run trusts: verified, or saved by it
+    if jax.process_count() > 1:
+        # Start the steps together (a coordination-service barrier, no collective): process 0
+        # alone sets up TensorBoard, and on a loaded CPU that skew can exceed the 30 s that the
+        # first step's gloo rendezvous allows.
+        ocp_multihost.sync_global_processes("cm.train.first_step")
     try:
         for step in range(start + 1, t.num_steps + 1):  # `step` = steps done after this one
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
