@@ -36,17 +36,14 @@ edm-cifar10-32x32-uncond-vp.pkl, as ECT's), whose weights method.init_from must 
 """
 
 from configs import cifar10_edm
-from configs.common import base_config
+from configs.common import base_config, cifar10_data
 from configs.variants import parse_variant
 
 
 def get_config(arg=None):
     parse_variant(__file__, arg)
     c = base_config()
-    c.data.name = "tfds"
-    c.data.tfds_name = "cifar10"
-    c.data.image_size = 32
-    c.data.channels = 3
+    cifar10_data(c)
     c.data.num_classes = 10
     c.data.random_flip = True  # jcm's default data.random_flip
 

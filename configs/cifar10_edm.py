@@ -25,7 +25,7 @@ augmentation pipeline with p = 0.12 whose 9 labels condition DDPM++ (augment_dim
 EMA by half-life 0.5 Mimg with ramp-up ratio 0.05, which sampling uses.
 """
 
-from configs.common import base_config
+from configs.common import base_config, cifar10_data
 from configs.variants import parse_variant
 
 VARIANTS = ("cond", "ve", "ve_cond")
@@ -36,10 +36,7 @@ def get_config(arg=None):
     variant = parse_variant(__file__, arg, VARIANTS)
     ncsnpp, cond = variant.startswith("ve"), variant.endswith("cond")
     c = base_config()
-    c.data.name = "tfds"
-    c.data.tfds_name = "cifar10"
-    c.data.image_size = 32
-    c.data.channels = 3
+    cifar10_data(c)
     c.data.num_classes = 10
     c.data.random_flip = False  # EDM's --xflip=False: flips come from the augmentation
 

@@ -10,17 +10,14 @@ Prepare the data once (array_record: random access, exact resume), then pass
 
 """
 
-from configs.common import base_config
+from configs.common import base_config, cifar10_data
 from configs.variants import parse_variant
 
 
 def get_config(arg=None):
     variant = parse_variant(__file__, arg, ("deep",))
     c = base_config()
-    c.data.name = "tfds"
-    c.data.tfds_name = "cifar10"
-    c.data.image_size = 32
-    c.data.channels = 3
+    cifar10_data(c)
     c.data.num_classes = 10
     c.data.random_flip = True
 

@@ -17,17 +17,14 @@ Samplers: 1 step from t_max = arctan(80 / 0.5) and 2 steps with t = 1.1.
 """
 
 from configs import cifar10_edm
-from configs.common import base_config
+from configs.common import base_config, cifar10_data
 from configs.variants import parse_variant
 
 
 def get_config(arg=None):
     parse_variant(__file__, arg)
     c = base_config()
-    c.data.name = "tfds"
-    c.data.tfds_name = "cifar10"
-    c.data.image_size = 32
-    c.data.channels = 3
+    cifar10_data(c)
     c.data.num_classes = 0  # sCM's CIFAR-10 numbers are unconditional
     c.data.random_flip = True
 

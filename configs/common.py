@@ -325,6 +325,15 @@ def image_source() -> ml_collections.ConfigDict:
     return d
 
 
+def cifar10_data(c: ml_collections.ConfigDict) -> None:
+    """CIFAR-10 from tfds at 32 x 32 x 3, the data of every cifar10_* config (their own
+    num_classes and flips follow)."""
+    c.data.name = "tfds"
+    c.data.tfds_name = "cifar10"
+    c.data.image_size = 32
+    c.data.channels = 3
+
+
 def latent_data(c: ml_collections.ConfigDict, latents_path: str) -> ml_collections.ConfigDict:
     """Sets `c` to train on the latents that --mode=encode writes to `latents_path` from
     c.vae.images (e.g. 256 px images -> 4 x 32 x 32), and returns it."""
