@@ -327,7 +327,10 @@ def image_source() -> ml_collections.ConfigDict:
 
 def cifar10_data(c: ml_collections.ConfigDict) -> None:
     """CIFAR-10 from tfds at 32 x 32 x 3, the data of every cifar10_* config (their own
-    num_classes and flips follow)."""
+    num_classes and flips follow). Prepare it once, then pass --config.data.tfds_dir=DIR:
+
+        tfds build cifar10 --data_dir=DIR --file_format=array_record
+    """
     c.data.name = "tfds"
     c.data.tfds_name = "cifar10"
     c.data.image_size = 32
