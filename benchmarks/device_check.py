@@ -8,7 +8,7 @@ Rows (columns: COLUMNS):
 - train: the jitted training step (loss, gradient, optimizer, EMAs) of cifar10_ict (NCSN++),
   cifar10_edm (DDPM++), imagenet64_ict (ADM) and slct_latent (sLCT's latent ADM with NsLN,
   configs/celebahq256_slct.py) at a per-device batch of 128 (32 px images, 32 x 32 latents) or
-  32 (64 px), in each precision mode of cm/perf.py: float32 at highest matmul precision,
+  32 (64 px), in each precision mode of benchmarks/perf.py: float32 at highest matmul precision,
   float32 at the device default, bfloat16 compute.
 - sample: cifar10_ict's 1-step sampler and cifar10_edm's Heun (18 steps, 35 network
   evaluations), each at its config's precision.
@@ -24,7 +24,7 @@ Rows (columns: COLUMNS):
 
 Columns: seconds per call (step, sampler call, feature batch; for fid and recipe the projected
 total), images/s, XLA's FLOP count per call (compiled.cost_analysis()), MFU = achieved FLOP/s
-over the device's published peak for the mode (cm/perf.py; "n/a" for an unknown device), the
+over the device's published peak for the mode (benchmarks/perf.py; "n/a" for an unknown device), the
 same over an n x n matmul measured in the same process in the same mode, and the peak device
 memory (memory_stats()["peak_bytes_in_use"]; "n/a" where the backend keeps none, as on CPUs).
 
@@ -47,9 +47,9 @@ import time
 import jax
 from absl import app, flags
 
-from benchmarks import measure
-from cm import compile_cache, experiment, fileio, perf
-from cm.evaluation import throughput as inception_throughput
+from benchmarks import inception_throughput, measure, perf
+from cm import compile_cache, experiment
+from cm.io import fileio
 from cm.models import count_params
 from configs import common
 
@@ -94,7 +94,9 @@ _QUICK = flags.DEFINE_bool("quick", False, "Tiny networks and batches (a CPU che
 _SECTIONS = flags.DEFINE_list("sections", list(SECTIONS), f"Any of {list(SECTIONS)}.")
 _NETWORKS = flags.DEFINE_list("networks", list(NETWORK_NAMES), f"Any of {list(NETWORK_NAMES)}.")
 _PRECISIONS = flags.DEFINE_list(
-    "precisions", list(perf.PRECISION_MODES)[:3], "Training-step precision modes (cm/perf.py)."
+    "precisions",
+    list(perf.PRECISION_MODES)[:3],
+    "Training-step precision modes (benchmarks/perf.py).",
 )
 _STEPS = flags.DEFINE_integer("steps", 0, "Timed calls per unit; 0 = 10 (--quick: 2).")
 _RESULTS = flags.DEFINE_string("results", "", "JSON file of finished units ('' = none kept).")
@@ -149,7 +151,7 @@ def network_config(name: str, batch: int, quick: bool, mode: str | None = None, 
 
 
 def config_mode(config) -> str:
-    """The precision mode (cm/perf.py) a config trains in."""
+    """The precision mode (benchmarks/perf.py) a config trains in."""
     if config.model.dtype == "bfloat16":
         return "bf16"
     return f"f32 {config.model.matmul_precision}"

@@ -25,8 +25,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from benchmarks import measure
-from cm import experiment, perf, sct, trigflow
+from benchmarks import measure, perf
+from cm import experiment
+from cm.methods import sct, trigflow
 from cm.models import build_model
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config file.")

@@ -11,7 +11,8 @@ import time
 import jax
 import numpy as np
 
-from cm import experiment, perf
+from benchmarks import perf
+from cm import experiment
 from cm.train_step import global_batch, make_train_step
 from configs import celebahq256_slct, cifar10_edm, cifar10_ict, imagenet64_ict
 

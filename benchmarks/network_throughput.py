@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks import perf
 from benchmarks.measure import NETWORKS
-from cm import experiment, perf
+from cm import experiment
 from cm.models import build_model, count_params
 
 _NETWORKS = flags.DEFINE_list("networks", list(NETWORKS), f"Any of {list(NETWORKS)}.")

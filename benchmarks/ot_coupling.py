@@ -22,7 +22,8 @@ import numpy as np
 from absl import app, flags
 from scipy.optimize import linear_sum_assignment
 
-from cm import coupling, experiment, train
+from cm import experiment, train
+from cm.data import coupling
 from configs import celebahq256_slct
 
 _SHARDS = flags.DEFINE_list("shards", ["128", "256", "512", "1024"], "Shard batches to time.")

@@ -16,7 +16,8 @@ the batch; d = f(x + s_{i+1} z, s_{i+1}) - f(x + s_i z, s_i); f at the student's
   v noise/signal  ||d_v - d|| / ||d||            >= 1: v drowns the signal; >= 0.1: degrades it
 
 Variants: the repo's own paths, built through cm.experiment from the config with model.dtype and
-model.matmul_precision set (cm/perf.py's modes): "f32 default" (the device's default; XLA:CPU
+model.matmul_precision set (benchmarks/perf.py's modes): "f32 default" (the device's default;
+XLA:CPU
 runs it as highest) and "bf16" (model.dtype = bfloat16, as training runs it); and, because a
 CPU cannot run them, two accelerator defaults emulated on the float32 network
 (benchmarks/emulated_matmul.py): "tf32 emulated" (NVIDIA GPUs) and "bf16-pass emulated" (TPUs).
@@ -43,8 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from benchmarks import emulated_matmul
-from cm import experiment, fileio, perf, precond, schedules
+from benchmarks import emulated_matmul, perf
+from cm import experiment, precond, schedules
+from cm.io import fileio
 from cm.models import inits
 from configs import cifar10_ict
 

@@ -23,8 +23,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from benchmarks import measure
-from cm import experiment, perf
+from benchmarks import measure, perf
+from cm import experiment
 from cm.train_step import make_train_step
 
 FLAGS = {}

@@ -37,7 +37,7 @@ import time
 
 from benchmarks import quality_specs as specs
 from benchmarks import quality_table as table
-from cm import fileio
+from cm.io import fileio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch.py")

@@ -19,8 +19,8 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from benchmarks import measure  # noqa: E402
-from cm import compile_cache, experiment, perf  # noqa: E402
+from benchmarks import measure, perf  # noqa: E402
+from cm import compile_cache, experiment  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed training steps (after the first step).")

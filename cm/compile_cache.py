@@ -4,7 +4,7 @@ A compiled program is written to the cache folder under a key of its HLO, compil
 devices and JAX/XLA versions, and a later process that compiles the same program on the same
 kind of devices loads it instead (a resumed run, `--mode=sample` after training, a benchmark
 run twice). The folder is local to each host (default `~/.cache/cm/jax`, expanded through
-cm/fileio.py); "" turns the cache off. `training.compilation_cache_min_compile_seconds`
+cm/io/fileio.py); "" turns the cache off. `training.compilation_cache_min_compile_seconds`
 (default 0) writes every program, also the small ones of CPU runs that compile in under
 JAX's own 1 s threshold. Entries are never evicted: delete the folder at any time.
 
@@ -20,7 +20,7 @@ import os
 
 import jax
 
-from cm import fileio
+from cm.io import fileio
 
 ENV_DIR = "JAX_COMPILATION_CACHE_DIR"  # JAX's own variable; when set it wins over the config
 

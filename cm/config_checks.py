@@ -16,8 +16,9 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
-from cm import losses, methods
+from cm import methods
 from cm.evaluation import evaluator
+from cm.methods import losses
 
 SAMPLING_PARAMS = ("ema", "online")  # sampling.params: which parameters the samplers use
 LEVELS_EXAMPLE = "'((), (0.821,))'"  # iCT's 1- and 2-step samplers (docs/methods.md section 2)
@@ -68,7 +69,7 @@ def _train_if(condition: Callable[[Any], bool]) -> Callable[[Any, str], bool]:
 
 
 def _consistency(config, mode: str) -> bool:
-    """The method samples with consistency samplers (cm/methods.py), which read the levels."""
+    """The method samples with consistency samplers (cm/methods/table.py), which read the levels."""
     return mode in SAMPLING_MODES and "consistency" in methods.sampler_kinds(config)
 
 

@@ -1,10 +1,10 @@
 """--mode=encode: an image dataset -> the latent dataset that data.name = "latents" reads.
 
 Every image of config.vae.images -> scale_factor * one VAE posterior sample -> the file at
-config.data.path with its per-element mean and std (cm/latent_data.py). Data parallel over all
+config.data.path with its per-element mean and std (cm/data/latent_data.py). Data parallel over all
 devices of all processes, with a progress line; progress is saved every vae.part_images images
 in <data.path>.parts/, so a killed encode resumes with the same command. The final file
-appears atomically (cm/fileio.py: a rename on disk, one upload on a bucket, where a rename
+appears atomically (cm/io/fileio.py: a rename on disk, one upload on a bucket, where a rename
 would be a copy), and the parts are deleted after it.
 """
 
@@ -16,7 +16,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cm import data, experiment, fileio, latent_data, latents
+from cm import experiment, latents
+from cm.data import latent_data, sources
+from cm.io import fileio
 from cm.models import vae_weights
 
 
@@ -43,7 +45,7 @@ def _check_latent_config(config) -> None:
 def _image_source(config):
     """The images to encode; errors name the vae.images fields, not the data fields."""
     try:
-        return data.load_source(config.vae.images)
+        return sources.load_source(config.vae.images)
     except (ValueError, FileNotFoundError) as e:
         raise type(e)(str(e).replace("data.", "vae.images.")) from None
 

@@ -12,9 +12,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cm import init_from, keys, latents, losses, methods, power_ema, precision, sampling, state
-from cm.method_spec import Denoisers
+from cm import keys, latents, methods, power_ema, precision, sampling, state
+from cm.methods import losses
+from cm.methods.spec import Denoisers
 from cm.models import build_model
+from cm.workdir import init_from
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -98,7 +100,7 @@ def frozen_weights(config, abstract: bool = False) -> dict:
 
 def fresh_state(exp: Experiment, config, params, frozen=None) -> state.TrainState:
     """The step-0 state around `params`: every EMA and power EMA a copy of them, a fresh
-    optimizer state, and the method's auxiliary parameters and extra state (cm/methods.py),
+    optimizer state, and the method's auxiliary parameters and extra state (cm/methods/table.py),
     `frozen` (frozen_weights) added to the latter."""
     entry, t = methods.get(config.method.name), config.training
     aux = entry.init_aux(config, keys.indexed(config.seed, "init", 1)) if entry.init_aux else None
@@ -110,7 +112,7 @@ def fresh_state(exp: Experiment, config, params, frozen=None) -> state.TrainStat
 
 
 def check_init_from(exp: Experiment, config):
-    """method.init_from's checks (cm/init_from.py), reading metadata only: for a new run to
+    """method.init_from's checks (cm/workdir/init_from.py), reading metadata only: for a new run to
     refuse a bad source before it writes anything."""
     init_from.check(config, jax.eval_shape(lambda: init_params(exp, config)))
 
@@ -138,7 +140,7 @@ def state_around(exp: Experiment, config, params) -> state.TrainState:
 
 def init_state(exp: Experiment, config) -> state.TrainState:
     """A fresh replicated train state, built directly on the devices: from random parameters,
-    or from those of the checkpoint method.init_from names (cm/init_from.py)."""
+    or from those of the checkpoint method.init_from names (cm/workdir/init_from.py)."""
     if config.method.init_from:
         shapes = jax.eval_shape(lambda: init_params(exp, config))
         host = init_from.load_params(config, shapes)  # numpy, read by every process

@@ -16,7 +16,9 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cm import fileio, keys, latent_data
+from cm import keys
+from cm.data import latent_data
+from cm.io import fileio
 from cm.models import vae, vae_weights
 
 _DECODER_PARTS = ("post_quant_conv", "decoder")  # the parameters decoding needs

@@ -3,12 +3,14 @@
 import jax
 from absl import logging
 
-from cm import compile_cache, encode, experiment, fileio, images, run_record, sampling, train
-from cm.checkpoint import Checkpointer
+from cm import compile_cache, encode, experiment, sampling, state, train
 from cm.edm_import import run as edm_import
 from cm.evaluation import run as evaluation
+from cm.io import fileio, images
 from cm.lcsc import run as lcsc_run
 from cm.models import param_table
+from cm.workdir import run_record
+from cm.workdir.checkpoint import Checkpointer
 
 
 def summary(config, workdir: str):
@@ -32,7 +34,7 @@ def restore_for_sampling(config, workdir: str):
     train_state = ckpt.restore(experiment.abstract_state(exp, config))
     ckpt.close()
     step = ckpt.restored_step
-    return exp, train.sampling_params(train_state, config.sampling.params), step
+    return exp, state.sampling_params(train_state, config.sampling.params), step
 
 
 def sample(config, workdir: str):

@@ -56,7 +56,7 @@ def make_denoiser(model, kind: str, noise_label: str, sigma_data: float, sigma_m
     """Returns denoise(params, x, sigma, labels, train, dropout_rng, augment_labels) -> f or D.
 
     x: [B, H, W, C]; sigma: [B]; labels: [B] int or None; augment_labels: [B, augment_dim]
-    (EDM's augmentation labels, cm/augment.py) or None, which the network reads as zeros (no
+    (EDM's augmentation labels, cm/methods/augment.py) or None, which the network reads as zeros (no
     augmentation: sampling). The dropout key is passed explicitly so that callers can share it
     between two calls (the iCT teacher and student). `noise_label` is a key of NOISE_LABELS.
     """

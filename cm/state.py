@@ -23,7 +23,7 @@ class TrainState:
 
 @flax.struct.dataclass
 class MethodTrainState(TrainState):
-    """TrainState plus a method's own state (cm/methods.py). Only methods that have auxiliary
+    """TrainState plus a method's own state (cm/methods/table.py). Only methods that have auxiliary
     parameters or extra state use it, so the states and checkpoints of the others keep
     TrainState's layout exactly."""
 
@@ -159,3 +159,12 @@ def update_emas(emas: tuple, params, rates, step=0, halflife: HalflifeEMA | None
         jax.tree.map(lambda e, p, r=beta: r * e + (1.0 - r) * p, ema, params)
         for ema, beta in zip(emas, betas, strict=True)
     )
+
+
+def sampling_params(train_state: TrainState, which: str):
+    """The parameters to sample from: the first EMA, or the online ones."""
+    if which == "ema" and train_state.ema:
+        return train_state.ema[0]
+    if which in ("ema", "online"):
+        return train_state.params
+    raise ValueError(f"Unknown sampling.params {which!r}; valid: ['ema', 'online'].")

@@ -12,23 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
-from jax.experimental import multihost_utils
 from orbax.checkpoint import multihost as ocp_multihost
 
-from cm import (
-    coupling,
-    data,
-    experiment,
-    fileio,
-    images,
-    run_record,
-    sampling,
-    state,
-)
-from cm.checkpoint import Checkpointer
+from cm import experiment, sampling, state
+from cm.data import batches, coupling, sources
 from cm.evaluation.run import periodic as periodic_eval
+from cm.io import fileio, images
 from cm.train_step import global_batch, make_train_step  # noqa: F401 (train.make_train_step)
-from cm.workdir_lock import WorkdirLock
+from cm.workdir import lock as workdir_lock
+from cm.workdir import run_record
+from cm.workdir.checkpoint import Checkpointer
 
 
 @jax.jit
@@ -43,15 +36,6 @@ def check_batch_size(config, devices: int):
             f"training.batch_size {batch} is not a multiple of the {devices} devices; "
             "set --config.training.batch_size to a multiple."
         )
-
-
-def sampling_params(train_state: state.TrainState, which: str):
-    """The parameters to sample from: the first EMA, or the online ones."""
-    if which == "ema" and train_state.ema:
-        return train_state.ema[0]
-    if which in ("ema", "online"):
-        return train_state.params
-    raise ValueError(f"Unknown sampling.params {which!r}; valid: ['ema', 'online'].")
 
 
 def write_sample_grids(config, exp, samplers, params, step: int, workdir: str, writer):
@@ -76,7 +60,7 @@ def train_and_evaluate(config, workdir: str):
     before anything is written to the workdir.
     """
     t = config.training
-    source = data.load_source(config.data)
+    source = sources.load_source(config.data)
     exp = experiment.build(config)
     check_batch_size(config, exp.mesh.size)
     run_record.check(workdir, config.to_dict())
@@ -85,29 +69,12 @@ def train_and_evaluate(config, workdir: str):
         if config.method.init_from:
             experiment.check_init_from(exp, config)
         experiment.check_frozen_weights(config)
-    lock = lock_workdir(workdir, t)
+    lock = workdir_lock.lock_workdir(workdir, t)
     try:
         return _train(config, workdir, source, exp)
     finally:
         if lock is not None:
             lock.release()
-
-
-def lock_workdir(workdir: str, t):
-    """Process 0 takes the workdir lock; every process learns whether it got it."""
-    lock, error = None, None
-    if jax.process_index() == 0:
-        try:
-            lock = WorkdirLock(workdir, t.lock_heartbeat_seconds, t.lock_stale_seconds).acquire()
-        except ValueError as e:
-            error = e
-    if jax.process_count() > 1:
-        locked = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
-        if not locked and error is None:
-            error = ValueError(f"Process 0 could not lock the workdir {workdir}; see its error.")
-    if error is not None:
-        raise error
-    return lock
 
 
 def _train(config, workdir: str, source, exp: experiment.Experiment):
@@ -128,7 +95,7 @@ def _train(config, workdir: str, source, exp: experiment.Experiment):
     step_fn = make_train_step(exp, tuple(t.ema_rates), config.seed)
     samplers = experiment.samplers(config, exp)
     evaluate = periodic_eval(config, exp, samplers, workdir)  # None unless eval.every > 0
-    batches = data.BatchIterator(
+    stream = batches.BatchIterator(
         source,
         start,
         t.batch_size,
@@ -137,8 +104,8 @@ def _train(config, workdir: str, source, exp: experiment.Experiment):
         jax.process_index(),
         jax.process_count(),
     )
-    batches = coupling.wrap_if_enabled(
-        batches, config, exp.mesh.size, start, jax.process_index(), jax.process_count()
+    stream = coupling.wrap_if_enabled(
+        stream, config, exp.mesh.size, start, jax.process_index(), jax.process_count()
     )
     last_good = ckpt.restored_step  # the checkpoint this run trusts: verified, or saved by it
     if jax.process_count() > 1:
@@ -149,7 +116,7 @@ def _train(config, workdir: str, source, exp: experiment.Experiment):
     try:
         for step in range(start + 1, t.num_steps + 1):  # `step` = steps done after this one
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                train_state, metrics = step_fn(train_state, global_batch(next(batches), exp))
+                train_state, metrics = step_fn(train_state, global_batch(next(stream), exp))
             progress(step)
             ckpt.seal()  # digests of saves that have committed since the last step
             is_last = step == t.num_steps or step - start == t.steps_per_run
@@ -165,15 +132,15 @@ def _train(config, workdir: str, source, exp: experiment.Experiment):
                 ckpt.save(step, train_state)
                 last_good = step
             if t.sample_every and (step % t.sample_every == 0 or is_last):
-                params = sampling_params(train_state, config.sampling.params)
+                params = state.sampling_params(train_state, config.sampling.params)
                 write_sample_grids(config, exp, samplers, params, step, workdir, writer)
             if evaluate and (step % config.eval.every == 0 or step == t.num_steps):
-                params = sampling_params(train_state, config.sampling.params)
+                params = state.sampling_params(train_state, config.sampling.params)
                 writer.write_scalars(step, evaluate(params))
             if is_last:
                 break
     finally:
-        batches.close()
+        stream.close()
         ckpt.close()
         writer.flush()
     return train_state

@@ -42,7 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.num_groups = 32
     c.model.use_labels = True  # condition on data.num_classes labels when > 0
     c.model.dtype = "float32"  # float32 | bfloat16 (compute dtype; parameters stay float32)
-    # Width of the augmentation labels (cm/augment.py) the net reads through a bias-free Dense
+    # Width of the augmentation labels (cm/methods/augment.py) the net reads through a bias-free
+    # Dense
     # into its noise embedding (EDM's map_augment); 0 = none. EDM's CIFAR-10 pipeline: 9.
     c.model.augment_dim = 0
     # Precision of the network's convs and matmuls in training and sampling (cm/precision.py):
@@ -54,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.remat = False
 
     c.method = ml_collections.ConfigDict()
-    # ict | edm | ect | cd | sct | scd | meanflow (the method table: cm/methods.py)
+    # ict | edm | ect | cd | sct | scd | meanflow (the method table: cm/methods/table.py)
     c.method.name = "ict"
     c.method.sigma_min = 0.002
     c.method.sigma_max = 80.0
@@ -82,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
     # authors' scripts; it must divide batch_size / process count).
     c.method.ot_group_size = 128
     c.method.ot_prefetch = 2  # coupled batches computed ahead on the host
-    # Start a new run from another run's network (cm/init_from.py): a cm workdir (its newest
+    # Start a new run from another run's network (cm/workdir/init_from.py): a cm workdir (its newest
     # committed checkpoint) or <workdir>/checkpoints/<step>; its parameters become the
     # parameters and every EMA at step 0 (CD: also the frozen teacher). "" = random init.
     c.method.init_from = ""
@@ -96,13 +97,13 @@ def base_config() -> ml_collections.ConfigDict:
     # stage = training images // this (ECT's --double=250 ticks of --tick=12.8 kimg = 3.2 Mimg);
     # a multiple of training.batch_size.
     c.method.ect_double_images = 3_200_000
-    # CD (docs/methods.md section 8; CM's jcm/losses.py): the teacher is method.init_from's
+    # CD (docs/methods.md section 8; CM's jcm/methods/losses.py): the teacher is method.init_from's
     # network (an EDM run), one Heun step of its PF-ODE between adjacent levels of this grid.
     c.method.cd_num_scales = 18  # N of the Karras grid (sigma_min, sigma_max, rho above)
     # mu of the target EMA of the student; 0 = the stop-gradient student itself (CM's CIFAR-10
     # CD code runs 0; the CM paper's ImageNet-64 / LSUN CD used 0.95).
     c.method.cd_target_ema = 0.0
-    # method.distance = "lpips" (CD only; cm/lpips.py, docs/methods.md section 8): LPIPS-VGG
+    # method.distance = "lpips" (CD only; cm/models/lpips.py, docs/methods.md section 8): LPIPS-VGG
     # v0.1 on images upsampled bilinearly to lpips_resize a side when smaller (CM: 224; 0 =
     # never); VGG16 poolings "max" (CM's CIFAR-10 code, the lpips package) or "avg" (CM's
     # PyTorch code for ImageNet 64 / LSUN: piq with replace_pooling=True). The weights are read
@@ -112,7 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.method.lpips_pooling = "max"
     c.method.lpips_vgg_path = "~/.cache/cm/vgg16-397923af.pth"
     c.method.lpips_lin_path = "~/.cache/cm/lpips/v0.1/vgg.pth"
-    # sCT / sCD (docs/methods.md section 9; sCM arXiv 2410.11081, Algorithm 1; cm/sct.py).
+    # sCT / sCD (docs/methods.md section 9; sCM arXiv 2410.11081, Algorithm 1; cm/methods/sct.py).
     # TrigFlow's F: trigflow = net(x_t / sd, trig_time_scale * t) (sCM) | edm = an EDM network
     # reused exactly (sCD, or sCT started from an EDM checkpoint; c_noise = method.noise_label).
     c.method.trig_form = "trigflow"
@@ -128,7 +129,8 @@ def base_config() -> ml_collections.ConfigDict:
     # w(t): EDM2's log-variance head, Fourier features (channels, scale) of the time label.
     c.method.scm_weighting_channels = 128
     c.method.scm_weighting_fourier_scale = 1.0
-    # MeanFlow (docs/methods.md section 9; arXiv 2505.13447; cm/meanflow.py). The second time
+    # MeanFlow (docs/methods.md section 9; arXiv 2505.13447; cm/methods/meanflow.py). The second
+    # time
     # label: t_minus_r = (t, t - r) (both official codes) | r = (t, r); times scaled by this.
     c.method.mf_condition = "t_minus_r"
     c.method.mf_time_scale = 1.0  # raw times in [0, 1], as the official codes feed them
@@ -173,7 +175,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Stop (with a checkpoint) after this many steps in one process, 0 = run to num_steps: for
     # clusters with job time limits; the same command resumes.
     c.training.steps_per_run = 0
-    # One training process per workdir (cm/workdir_lock.py): the owner refreshes lock.json every
+    # One training process per workdir (cm/workdir/lock.py): the owner refreshes lock.json every
     # heartbeat; a lock whose heartbeat is older than stale_seconds is taken over (a dead owner on
     # the same host is detected at once by its pid).
     c.training.lock_heartbeat_seconds = 30.0
@@ -185,7 +187,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.compilation_cache_dir = "~/.cache/cm/jax"
     c.training.compilation_cache_min_compile_seconds = 0.0
 
-    # EDM's augmentation pipeline (cm/augment.py; docs/methods.md section 5), applied to each
+    # EDM's augmentation pipeline (cm/methods/augment.py; docs/methods.md section 5), applied to
+    # each
     # training batch inside the jitted step by the methods whose table entry augments (edm,
     # meanflow; the others refuse p > 0). Each transform is drawn with probability
     # min(multiplier * p, 1) (a drawn flip flips with probability 1/2); its labels go to the net

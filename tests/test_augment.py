@@ -1,4 +1,4 @@
-"""EDM's augmentation (cm/augment.py): identity when off, probabilities, label layout, each
+"""EDM's augmentation (cm/methods/augment.py): identity when off, probabilities, label layout, each
 transform against hand-computed images, the network's augmentation input, data parallelism."""
 
 import math
@@ -11,8 +11,11 @@ from helpers import tiny_config
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cm import augment, data, experiment, methods, run_record, train
+from cm import experiment, methods, train
+from cm.data import batches, sources
+from cm.methods import augment
 from cm.models.unet import UNet
+from cm.workdir import run_record
 from configs import cifar10_edm, common
 
 EDM_CIFAR = augment.Settings.from_config(cifar10_edm.get_config().augment)
@@ -246,7 +249,8 @@ def test_misconfigured_augmentation_is_one_sentence():
 
 def test_the_method_table_names_the_augmenting_methods():
     """EDM's and MeanFlow's objectives apply the augmentation (MeanFlow's CIFAR-10 recipe
-    trains with it); every other entry refuses augment.p > 0 through the table (cm/methods.py),
+    trains with it); every other entry refuses augment.p > 0 through the table
+    (cm/methods/table.py),
     naming the fix."""
     assert {n for n, m in methods.METHODS.items() if m.augments} == {"edm", "meanflow"}
     c = tiny_config()
@@ -296,10 +300,10 @@ def _edm_steps(config, devices, steps):
     exp = experiment.build(config, devices)
     step_fn = train.make_train_step(exp, tuple(config.training.ema_rates), config.seed)
     state = experiment.init_state(exp, config)
-    source = data.load_source(config.data)
+    source = sources.load_source(config.data)
     losses = []
     for k in range(steps):
-        local = data.batch_at(source, k, config.training.batch_size, config.seed, False)
+        local = batches.batch_at(source, k, config.training.batch_size, config.seed, False)
         state, metrics = step_fn(state, train.global_batch(local, exp))
         losses.append(float(metrics["loss"]))
     assert step_fn._cache_size() == 1 and len(state.ema) == 2

@@ -134,7 +134,7 @@ def _data_case(name, make, expect):
     return Case(name, args, expect, devices=4)
 
 
-# Bad data sources: refused when the source is opened (cm/data.py), before anything else.
+# Bad data sources: refused when the source is opened (cm/data/sources.py), before anything else.
 DATA_SOURCE_CASES = [
     _data_case("npz_fewer_labels", _npz(IMAGES, LABELS[:5]), ("label",)),
     _data_case("npz_label_-1", _npz(IMAGES, np.where(LABELS == 3, -1, LABELS)), ("label", "-1")),

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from cm import cd, config_checks, experiment, losses, schedules, state, train
-from cm.method_spec import Denoisers
+from cm import config_checks, experiment, schedules, state, train
+from cm.methods import cd, losses
+from cm.methods.spec import Denoisers
 from configs import cifar10_cd
 
 SD = 0.5

@@ -15,10 +15,12 @@ import optax
 import pytest
 from helpers import launch_cmd, subprocess_env, tiny_config
 
-from cm import fileio, modes, run_record, train
+from cm import modes, train
 from cm import state as state_lib
-from cm.checkpoint import Checkpointer, NoCheckpointError, state_digest
-from cm.workdir_lock import WorkdirLock
+from cm.io import fileio
+from cm.workdir import run_record
+from cm.workdir.checkpoint import Checkpointer, NoCheckpointError, state_digest
+from cm.workdir.lock import WorkdirLock
 
 
 def _state(offset: float, power: int = 0):
@@ -250,7 +252,7 @@ def test_second_process_is_refused_and_a_killed_owner_is_taken_over(tmp_path):
         owner.wait()
     saved = Checkpointer(str(workdir), 3).all_steps()
     # The kill may land inside a save: the newest step without its digest is not good, and the
-    # resume falls back to the newest step whose digest was written (cm/checkpoint.py).
+    # resume falls back to the newest step whose digest was written (cm/workdir/checkpoint.py).
     good = max(s for s in saved if (workdir / "digests" / f"{s}.json").exists())
     target = max(saved) + 2
     again = launch_cmd(workdir, f"--config.training.num_steps={target}", steps[1])

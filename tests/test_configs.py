@@ -67,7 +67,8 @@ def test_parse_variant_messages():
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.py")), ids=lambda p: p.name)
 def test_tfds_commands_write_array_record(path):
-    # Random access (array_record) is what makes resuming exact (cm/data.py); every tfds config
+    # Random access (array_record) is what makes resuming exact (cm/data/sources.py); every tfds
+    # config
     # shows the command that prepares its data.
     text = path.read_text()
     commands = [line for line in text.splitlines() if "tfds build" in line]

@@ -8,8 +8,7 @@ import sys
 import pytest
 from helpers import ROOT, subprocess_env
 
-from benchmarks import device_check
-from cm import perf
+from benchmarks import device_check, perf
 
 
 def _search(limit: int, start=128, cap=4096, multiple=8, tolerance=0.0):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from cm import config_checks, ect, experiment, losses, methods, state, train
-from cm.method_spec import Denoisers
+from cm import config_checks, experiment, methods, state, train
+from cm.methods import ect, losses
+from cm.methods.spec import Denoisers
 from configs import cifar10_ect
 
 ECT = dict(

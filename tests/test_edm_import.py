@@ -28,10 +28,11 @@ import numpy as np
 import pytest
 import torch
 
-from cm import experiment, fileio, modes
-from cm.checkpoint import Checkpointer
+from cm import experiment, modes
 from cm.edm_import import architecture, load, name_map, reader
+from cm.io import fileio
 from cm.models import count_params
+from cm.workdir.checkpoint import Checkpointer
 from configs import cifar10_edm, imagenet64_edm
 
 MANIFEST = pathlib.Path(__file__).parent / "data" / "edm_networks.json.gz"

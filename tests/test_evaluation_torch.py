@@ -17,7 +17,8 @@ import jax
 import numpy as np
 import pytest
 
-from cm.evaluation import inception, resize, torch_pickle
+from cm.evaluation import inception, resize
+from cm.io import torch_pickle
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

@@ -1,4 +1,4 @@
-"""Tests for cm/fileio.py, the one file layer, and a scan that keeps every other module on it."""
+"""Tests for cm/io/fileio.py, the one file layer, and a scan that keeps every other module on it."""
 
 import io
 import os
@@ -12,15 +12,16 @@ from etils.epath import gpath
 from etils.epath import testing as epath_testing
 from PIL import Image
 
-from cm import data, fileio, images
+from cm.data import sources
+from cm.io import fileio, images
 from configs.common import base_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-# --- every path goes through cm/fileio.py ---------------------------------------------------
+# --- every path goes through cm/io/fileio.py ---------------------------------------------------
 
 
-# Calls that touch a path without cm/fileio.py: builtin open, os file and path functions,
+# Calls that touch a path without cm/io/fileio.py: builtin open, os file and path functions,
 # glob, shutil, tempfile, pathlib and epath used directly, and numpy reading or writing a file
 # (numpy on an in-memory io.BytesIO is fine).
 FORBIDDEN = re.compile(
@@ -68,10 +69,10 @@ def test_no_module_touches_files_without_fileio():
     found = []
     for file in sorted((ROOT / "cm").rglob("*.py")):
         relative = file.relative_to(ROOT).as_posix()
-        if relative == "cm/fileio.py":
+        if relative == "cm/io/fileio.py":
             continue
         found += violations(relative, file.read_text())
-    assert not found, "file access outside cm/fileio.py:\n" + "\n".join(found)
+    assert not found, "file access outside cm/io/fileio.py:\n" + "\n".join(found)
 
 
 @pytest.mark.parametrize(
@@ -254,11 +255,11 @@ def test_data_sources_read_from_a_bucket(bucket):
     fileio.save_npz_atomic("gs://bucket/d.npz", images=pics, labels=np.arange(4))
     cfg = base_config().data
     cfg.update(name="npz", path="gs://bucket/d.npz", image_size=6, channels=3)
-    np.testing.assert_array_equal(data.load_source(cfg).get(np.arange(4))[0], pics)
+    np.testing.assert_array_equal(sources.load_source(cfg).get(np.arange(4))[0], pics)
     for i, name in enumerate(["cat/a.png", "dog/b.png"]):
         images.save_png(f"gs://bucket/folder/{name}", pics[i])
     cfg.update(name="folder", path="gs://bucket/folder")
-    source = data.load_source(cfg)
+    source = sources.load_source(cfg)
     got, labels = source.get(np.arange(2))
     np.testing.assert_array_equal(got, pics[:2])
     assert labels.tolist() == [0, 1] and source.class_names == ["cat", "dog"]

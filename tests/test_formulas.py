@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from cm import losses, precond, schedules, state
+from cm import precond, schedules, state
+from cm.methods import losses
 from configs import (
     celebahq256_slct,
     cifar10_edm,

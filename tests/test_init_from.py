@@ -1,4 +1,4 @@
-"""method.init_from (cm/init_from.py): a run starts from another run's network; CD's teacher
+"""method.init_from (cm/workdir/init_from.py): a run starts from another run's network; CD's teacher
 lives in the checkpointed state, so resuming needs no source; --mode=summary for ect and cd."""
 
 import json
@@ -11,8 +11,9 @@ import orbax.checkpoint as ocp
 import pytest
 from helpers import tiny_config
 
-from cm import config_checks, experiment, modes, run_record, state, train
-from cm.checkpoint import Checkpointer
+from cm import config_checks, experiment, modes, state, train
+from cm.workdir import run_record
+from cm.workdir.checkpoint import Checkpointer
 from configs.demo import get_config as demo_config
 
 

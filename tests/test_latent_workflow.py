@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from cm import encode, experiment, keys, latent_data, latents, modes
+from cm import encode, experiment, keys, latents, modes
+from cm.data import latent_data
 from cm.models import vae, vae_weights
 from configs.common import latent_data as latent_config
 

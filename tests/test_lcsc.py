@@ -9,12 +9,13 @@ import pytest
 from helpers import tiny_config
 from scipy import integrate
 
-from cm import experiment, fileio, modes, power_ema
-from cm.checkpoint import Checkpointer
+from cm import experiment, modes, power_ema
+from cm.io import fileio
 from cm.lcsc import baselines, candidates, coefficients, merge, search, search_state
 from cm.lcsc import run as lcsc_run
 from cm.lcsc.candidates import Candidate
 from cm.lcsc.snapshots import SnapshotStream
+from cm.workdir.checkpoint import Checkpointer
 from configs.common import base_config
 
 # ---------------------------------------------------------------- EDM2 power EMA

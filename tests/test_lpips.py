@@ -1,4 +1,5 @@
-"""LPIPS as CD's distance (cm/lpips.py, cm/lpips_weights.py, docs/methods.md section 8).
+"""LPIPS as CD's distance (cm/models/lpips.py, cm/models/lpips_weights.py, docs/methods.md section
+8).
 
 The reference is a torch LPIPS written here with the structure of the lpips package (its
 ScalingLayer, torchvision's VGG16 `features` Sequential tapped after relu1_2 ... relu5_3,
@@ -16,21 +17,11 @@ import pytest
 import torch
 from helpers import tiny_config
 
-from cm import (
-    cd,
-    config_checks,
-    experiment,
-    keys,
-    losses,
-    lpips,
-    lpips_weights,
-    modes,
-    schedules,
-    state,
-    train,
-)
-from cm.checkpoint import Checkpointer
-from cm.method_spec import Denoisers
+from cm import config_checks, experiment, keys, modes, schedules, state, train
+from cm.methods import cd, losses
+from cm.methods.spec import Denoisers
+from cm.models import lpips, lpips_weights
+from cm.workdir.checkpoint import Checkpointer
 from configs import cifar10_cd
 
 nn, F = torch.nn, torch.nn.functional

@@ -14,7 +14,8 @@ import pytest
 from helpers import tiny_config
 from test_precision import _matmul_precisions  # the jaxpr walk of the evaluation networks
 
-from cm import experiment, run_record, sampling, train_step
+from cm import experiment, sampling, train_step
+from cm.workdir import run_record
 
 P = jax.lax.Precision
 EXPECTED = {"default": None, "high": (P.HIGH, P.HIGH), "highest": (P.HIGHEST, P.HIGHEST)}

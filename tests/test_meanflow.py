@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from cm import augment, meanflow, method_spec, methods
+from cm import methods
+from cm.methods import augment, meanflow, spec
 from cm.models.unet import UNet
 from configs import cifar10_meanflow, common
 
@@ -311,7 +312,7 @@ def test_the_table_entry_augments_meanflow_and_checks_the_label_width():
     for field in ("p", "xflip", "yflip", "scale", "rotate_frac", "aniso", "translate_frac"):
         c.augment[field] = getattr(MF_AUG, field)
     c.model.augment_dim = 6
-    denoisers = method_spec.Denoisers(_labelled_u, _labelled_u, _labelled_u)
+    denoisers = spec.Denoisers(_labelled_u, _labelled_u, _labelled_u)
     loss_fn = methods.objective(c, denoisers)
     batch, rng = _batch(), jax.random.key(7)
     got, _ = loss_fn(LABELLED, batch, rng, 0)

@@ -1,4 +1,4 @@
-"""The method table (cm/methods.py): ict and edm as before (parameterization, samplers, train
+"""The method table (cm/methods/table.py): ict and edm as before (parameterization, samplers, train
 state layout), dispatch through the table, auxiliary parameters trained beside the network."""
 
 import math
@@ -10,7 +10,7 @@ import pytest
 from helpers import tiny_config
 
 from cm import config_checks, experiment, methods, power_ema, precond, state, train
-from cm.method_spec import Denoisers, Method, precond_pair, stateless
+from cm.methods.spec import Denoisers, Method, precond_pair, stateless
 
 
 class _Affine:
@@ -143,13 +143,12 @@ def test_auxiliary_parameters_are_trained_beside_the_network(monkeypatch):
 
 
 def test_make_objective_keeps_its_single_denoiser_form():
-    """objectives.make_objective(config, denoise) (tests and tools use it) goes through the
+    """methods.make_objective(config, denoise) (tests and tools use it) goes through the
     table and accepts the table's aux / extra keywords."""
-    from cm import objectives
 
     c = tiny_config(method__name="edm")
     zero = lambda params, x, sigma, labels, train, rng, augment_labels=None: jnp.zeros_like(x)
-    loss_fn = objectives.make_objective(c, zero)
+    loss_fn = methods.make_objective(c, zero)
     batch = {"image": jnp.ones((2, 8, 8, 1)), "label": jnp.zeros((2,), jnp.int32)}
     a, _ = loss_fn({}, batch, jax.random.key(0), 0)
     b, _ = loss_fn({}, batch, jax.random.key(0), 0, aux=(), extra=())

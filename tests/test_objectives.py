@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cm import augment, losses, objectives, schedules
+from cm import methods, schedules
+from cm.methods import augment, edm, ict, losses
 
 ICT = dict(
     total_steps=400_000,
@@ -44,7 +45,7 @@ def test_ict_loss_value_with_identity_network():
     """With f(x, s) = x: loss = mean_b (sqrt(gap^2 ||z||^2 + c^2) - c) / gap, gap = s_hi - s_lo."""
     identity = lambda params, x, sigma, labels, train, rng: x
     batch, rng, step = _batch(), jax.random.key(7), 60_000
-    loss, metrics = objectives.ict_loss(identity, {}, batch, rng, step, **ICT)
+    loss, metrics = ict.ict_loss(identity, {}, batch, rng, step, **ICT)
     s_lo, s_hi, z = _replay_pair(rng, step, 6, batch["image"].shape)
     c = 0.00054 * math.sqrt(48)
     gap = s_hi - s_lo
@@ -62,7 +63,7 @@ def test_ict_student_at_upper_teacher_at_lower_level_same_z_and_dropout_key():
         return x
 
     batch, rng = _batch(), jax.random.key(3)
-    objectives.ict_loss(spy, {}, batch, rng, 0, **ICT)
+    ict.ict_loss(spy, {}, batch, rng, 0, **ICT)
     (s_student, x_student, k_student, t1), (s_teacher, x_teacher, k_teacher, t2) = calls
     s_lo, s_hi, z = _replay_pair(rng, 0, 6, batch["image"].shape)
     np.testing.assert_allclose(s_student, s_hi, rtol=1e-6)
@@ -80,7 +81,7 @@ def test_no_gradient_flows_through_teacher():
         p["w"] * x * (1 + 0.1 * sigma[:, None, None, None])
     )
     batch, rng = _batch(), jax.random.key(5)
-    grad_full = jax.grad(lambda p: objectives.ict_loss(net, p, batch, rng, 0, **ICT)[0])(w)
+    grad_full = jax.grad(lambda p: ict.ict_loss(net, p, batch, rng, 0, **ICT)[0])(w)
 
     s_lo, s_hi, z = _replay_pair(rng, 0, 6, batch["image"].shape)
     x = batch["image"]
@@ -128,7 +129,7 @@ def test_edm_loss_value_with_zero_network():
     """D = 0 gives loss = mean_b w(s) mean(x^2) with the sampled sigma."""
     zero = lambda params, x, sigma, labels, train, rng: jnp.zeros_like(x)
     batch, rng = _batch(), jax.random.key(11)
-    loss, _ = objectives.edm_loss(zero, {}, batch, rng, 0, p_mean=-1.2, p_std=1.2, sigma_data=0.5)
+    loss, _ = edm.edm_loss(zero, {}, batch, rng, 0, p_mean=-1.2, p_std=1.2, sigma_data=0.5)
     k_sigma, _, _ = jax.random.split(rng, 3)
     s = np.exp(-1.2 + 1.2 * np.asarray(jax.random.normal(k_sigma, (6,)), np.float64))
     w = (s**2 + 0.25) / (s * 0.5) ** 2
@@ -148,7 +149,7 @@ def test_edm_loss_with_augmentation_targets_the_augmented_batch():
     s = augment.Settings(p=1, xflip=1, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
     batch, rng = _batch(), jax.random.key(12)
     kw = dict(p_mean=-1.2, p_std=1.2, sigma_data=0.5)
-    loss, _ = objectives.edm_loss(zero, {}, batch, rng, 0, augment_settings=s, **kw)
+    loss, _ = edm.edm_loss(zero, {}, batch, rng, 0, augment_settings=s, **kw)
     key = jax.random.fold_in(rng, augment.AUGMENT_TAG)
     y, labels = augment.augment(key, batch["image"], s)
     k_sigma, k_noise, _ = jax.random.split(rng, 3)
@@ -163,14 +164,14 @@ def test_edm_loss_with_augmentation_targets_the_augmented_batch():
     np.testing.assert_allclose(loss, np.mean(w * np.mean(y64**2, axis=(1, 2, 3))), rtol=1e-4)
     # p = 0: no augmentation and no labels: the plain loss.
     calls.clear()
-    off, _ = objectives.edm_loss(zero, {}, batch, rng, 0, augment_settings=augment.Settings(), **kw)
-    plain, _ = objectives.edm_loss(zero, {}, batch, rng, 0, **kw)
+    off, _ = edm.edm_loss(zero, {}, batch, rng, 0, augment_settings=augment.Settings(), **kw)
+    plain, _ = edm.edm_loss(zero, {}, batch, rng, 0, **kw)
     assert float(off) == float(plain) and calls[0][1] is None
 
 
 def test_unknown_method_is_one_sentence():
     try:
-        objectives.check_method("ctm")
+        methods.get("ctm")
     except ValueError as e:
         assert "edm" in str(e) and "ict" in str(e)
     else:

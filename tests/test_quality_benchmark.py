@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from benchmarks import quality, quality_specs, quality_table
-from cm import fileio
+from cm.io import fileio
 from tests.helpers import ROOT, subprocess_env
 
 # ---------------------------------------------------------------- mean ± std and the table

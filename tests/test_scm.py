@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cm import precond, sct, trigflow
+from cm import precond
+from cm.methods import sct, trigflow
 from cm.models.unet import UNet
 
 SD = 0.5

@@ -1,24 +1,18 @@
-"""sct, scd and meanflow on the method table (cm/scm_entries.py): --mode=summary on the demo
-config, their config checks and samplers, the production jitted step (one compile across the
-tangent warm-up, w(t) trained, sCD's teacher frozen) and the 4-device step equal to 1 device."""
+"""sct, scd and meanflow on the method table (cm/methods/sct.py, cm/methods/meanflow.py):
+--mode=summary on the demo config, their config checks and samplers, the production jitted
+step (one compile across the tangent warm-up, w(t) trained, sCD's teacher frozen)
+and the 4-device step equal to 1 device."""
 
 import jax
 import numpy as np
 import pytest
 from helpers import tiny_config
 
-from cm import (
-    config_checks,
-    data,
-    experiment,
-    modes,
-    run_record,
-    scm_entries,
-    state,
-    train,
-    train_step,
-)
-from cm.checkpoint import Checkpointer
+from cm import config_checks, experiment, modes, state, train, train_step
+from cm.data import batches, sources
+from cm.methods import sct
+from cm.workdir import run_record
+from cm.workdir.checkpoint import Checkpointer
 from configs import cifar10_meanflow
 from configs.demo import get_config as demo_config
 
@@ -96,7 +90,7 @@ def test_bad_fields_are_one_sentence(overrides, match):
 def test_label_time_tangent_by_hand(form, noise_label, time_scale, expected):
     c = tiny_config(method__name="sct", method__trig_form=form, method__noise_label=noise_label)
     c.method.trig_time_scale = time_scale
-    assert scm_entries.label_time_tangent(c) == pytest.approx(expected, rel=5e-4)
+    assert sct.label_time_tangent(c) == pytest.approx(expected, rel=5e-4)
 
 
 def test_a_label_with_a_steep_time_tangent_is_warned_about(caplog):
@@ -132,10 +126,10 @@ def _run(config, devices, steps):
     step_fn = train_step.make_train_step(exp, tuple(config.training.ema_rates), config.seed)
     st = experiment.init_state(exp, config)
     first = jax.device_get(st)
-    source = data.load_source(config.data)
+    source = sources.load_source(config.data)
     losses = []
     for k in range(steps):
-        local = data.batch_at(source, k, config.training.batch_size, config.seed, False)
+        local = batches.batch_at(source, k, config.training.batch_size, config.seed, False)
         st, metrics = step_fn(st, train.global_batch(local, exp))
         losses.append(float(metrics["loss"]))
     return jax.device_get(st), losses, step_fn._cache_size(), first
@@ -198,7 +192,7 @@ def test_paper_configs_pass_the_checks(name):
 
 
 def test_tangent_norms_of_the_paper_and_fastgen():
-    from cm import sct
+    from cm.methods import sct
 
     g = np.ones((1, 2, 2, 1), np.float32)  # D = 4: ||g||_2 = 2, rms = 2 / sqrt(4) = 1
     l2, n2 = sct.normalize_tangent(g, 0.1, "l2")

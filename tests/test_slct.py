@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cm import coupling, keys, losses, objectives, schedules
+from cm import keys, methods, schedules
+from cm.data import coupling
+from cm.methods import ict, losses
 from tests.helpers import tiny_config
 
 SD, SMIN, SMAX, RHO = 0.5, 0.002, 80.0, 7.0
@@ -91,7 +93,7 @@ def test_diffusion_loss_averages_edm_weighted_mse_over_selected_only():
     mse = ((f - x) ** 2).mean(axis=(1, 2, 3))
     w = 1 / sigma.astype(np.float64) ** 2 + 1 / SD**2
     want = (w[0] * mse[0] + w[2] * mse[2]) / 2  # mean over the 2 selected, not over 4
-    got = objectives.low_noise_diffusion_loss(f, x, sigma, selected, SD)
+    got = ict.low_noise_diffusion_loss(f, x, sigma, selected, SD)
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
@@ -100,7 +102,7 @@ def test_diffusion_loss_is_zero_with_finite_gradient_when_nothing_is_selected():
     sigma = jnp.array([0.5, 1.0, 2.0])
 
     def loss(f):
-        return objectives.low_noise_diffusion_loss(f, x, sigma, jnp.zeros(3, bool), SD)
+        return ict.low_noise_diffusion_loss(f, x, sigma, jnp.zeros(3, bool), SD)
 
     assert float(loss(jnp.zeros_like(x))) == 0.0
     assert np.isfinite(np.asarray(jax.grad(loss)(jnp.zeros_like(x)))).all()
@@ -130,7 +132,7 @@ def _slct_loss(calls, **switches):
         diffusion_weight=5.0, diffusion_quantile=0.25, sigma_data=SD, noise_from_batch=True,
     )  # fmt: skip
     kw.update(switches)
-    return lambda p, b, r, s: objectives.ict_loss(_toy_denoise(calls), p, b, r, s, **kw)
+    return lambda p, b, r, s: ict.ict_loss(_toy_denoise(calls), p, b, r, s, **kw)
 
 
 def _batch(b=16, seed=0):
@@ -197,7 +199,7 @@ def test_switches_off_is_plain_ict_loss():
     np.testing.assert_allclose(float(m["c"]), 0.00054 * 4)  # 0.00054 sqrt(16)
     plain = dict(total_steps=700, s0=10, s1=640, sigma_min=SMIN, sigma_max=SMAX, rho=RHO)
     plain |= dict(p_mean=-1.1, p_std=2.0, distance=losses.pseudo_huber, c_factor=0.00054)
-    want, _ = objectives.ict_loss(_toy_denoise([]), params, batch, rng, 150, **plain)
+    want, _ = ict.ict_loss(_toy_denoise([]), params, batch, rng, 150, **plain)
     assert float(loss) == float(want)
 
 
@@ -243,7 +245,7 @@ def test_groups_must_tile_each_process_rows():
         coupling.check_groups(256, 128, process_count=4)  # a group would span two processes
     c = tiny_config(method__ot_coupling=True)  # batch 8 < the default group of 128
     with pytest.raises(ValueError, match="--config.method.ot_group_size"):
-        objectives.make_objective(c, _toy_denoise([]))
+        methods.make_objective(c, _toy_denoise([]))
 
 
 def test_coupled_noise_is_the_same_on_1_or_4_devices_and_any_process_split():
@@ -311,7 +313,7 @@ def test_ot_train_step_gives_the_same_numbers_on_1_and_4_devices():
         exp = experiment.Experiment(
             model=None,
             denoise=denoise,
-            loss_fn=objectives.make_objective(c, denoise),
+            loss_fn=methods.make_objective(c, denoise),
             tx=state.make_optimizer(c.optim),
             mesh=experiment.make_mesh(devices),
         )

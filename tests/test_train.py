@@ -9,8 +9,9 @@ import orbax.checkpoint as ocp
 import pytest
 from helpers import launch_cmd, subprocess_env, tiny_config
 
-from cm import data, experiment, modes, power_ema, train
+from cm import experiment, modes, power_ema, train
 from cm import state as state_lib
+from cm.data import batches, sources
 from cm.models import count_params
 
 
@@ -66,10 +67,10 @@ def _run_steps(config, devices, steps):
     exp = experiment.build(config, devices)
     step_fn = train.make_train_step(exp, tuple(config.training.ema_rates), config.seed)
     state = experiment.init_state(exp, config)
-    source = data.load_source(config.data)
+    source = sources.load_source(config.data)
     losses, scales = [], []
     for k in range(steps):
-        local = data.batch_at(source, k, config.training.batch_size, config.seed, True)
+        local = batches.batch_at(source, k, config.training.batch_size, config.seed, True)
         state, metrics = step_fn(state, train.global_batch(local, exp))
         losses.append(float(metrics["loss"]))
         scales.append(int(metrics["num_scales"]))

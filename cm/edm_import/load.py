@@ -1,6 +1,6 @@
 """An EDM snapshot file -> its EMA network's tensors and arguments -> a Flax params tree.
 
-`read_network(path)` streams the file through cm/fileio.py (any path, gs:// included) into the
+`read_network(path)` streams the file through cm/io/fileio.py (any path, gs:// included) into the
 restricted reader and keeps the 'ema' entry; `flax_params(config, network, shapes)` checks the
 file against the config (architecture.py) and maps every tensor (name_map.py). The method
 table's `init_from` and `--mode=import` both start here.
@@ -9,8 +9,8 @@ table's `init_from` and `--mode=import` both start here.
 import dataclasses
 import hashlib
 
-from cm import fileio
 from cm.edm_import import architecture, name_map, reader
+from cm.io import fileio
 
 EMA_KEY = "ema"  # EDM's training loop pickles its EMA network under this key (and samples it)
 CHUNK = 1 << 20  # bytes hashed per read after the pickle ends

@@ -10,7 +10,7 @@ names listed in GLOBALS, each mapped to a function of ours:
 
   the persistence hook -> PersistentObject(class_name, source digest, state); the source
                           text is only hashed;
-  tensors              -> numpy arrays (cm/evaluation/torch_pickle.py: torch's rebuild
+  tensors              -> numpy arrays (cm/io/torch_pickle.py: torch's rebuild
                           functions, and each storage's bytes, a legacy torch.save of it);
   torch's ModuleDict   -> a TorchModule node holding its state;
   numpy scalars, OrderedDict, set, dnnlib's EasyDict (as a dict).
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from cm.evaluation import torch_pickle
+from cm.io import torch_pickle
 
 PERSISTENCE_VERSION = 6  # the meta layout of torch_utils.persistence that EDM's pickles use
 PLAIN_TYPES = (bool, int, float, str, type(None))

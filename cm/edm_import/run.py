@@ -2,7 +2,7 @@
 
 workdir/checkpoints/0   the full train state: params = the file's EMA network, every EMA
                         (constant-rate, half-life and power EMAs) = the same, fresh optimizer
-workdir/config.json     the import's config (cm/run_record.py), like a run that began here
+workdir/config.json     the import's config (cm/workdir/run_record.py), like a run that began here
 workdir/import.json     provenance: source path, sha256, EDM's class names and arguments
 
 The config must describe the file's network (architecture.py; README lists the config for each
@@ -14,10 +14,13 @@ Everything that can refuse the import is checked before the workdir is written.
 import jax
 from absl import logging
 
-from cm import experiment, fileio, run_record, state, train
-from cm.checkpoint import Checkpointer
+from cm import experiment, state
 from cm.edm_import import load
+from cm.io import fileio
 from cm.models import count_params
+from cm.workdir import lock as workdir_lock
+from cm.workdir import run_record
+from cm.workdir.checkpoint import Checkpointer
 
 IMPORT_STEP = 0  # the imported network is the run's start: training resumes from here
 RECORD = "import.json"
@@ -37,7 +40,7 @@ def import_edm(config, workdir: str):
             f"{workdir} already holds a run (checkpoints {', '.join(existing)}); import into "
             "a new --workdir."
         )
-    lock = train.lock_workdir(workdir, config.training)
+    lock = workdir_lock.lock_workdir(workdir, config.training)
     try:
         train_state = _initial_state(exp, config, params)
         run_record.record_start(workdir, config.to_dict(), IMPORT_STEP)

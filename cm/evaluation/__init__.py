@@ -12,6 +12,6 @@ evaluator.py        eval.metrics -> backends
 run.py              --mode=eval, --mode=fid_stats, periodic evaluation in training
 throughput.py       Inception images/s with random weights
 
-Weights, statistics, caches and results are read and written through cm/fileio.py, so every
+Weights, statistics, caches and results are read and written through cm/io/fileio.py, so every
 path may be local or on a bucket (gs://).
 """

@@ -19,8 +19,9 @@ import optax
 from absl import logging
 from flax import traverse_util
 
-from cm import data, fileio
+from cm.data import sources
 from cm.evaluation import metrics
+from cm.io import fileio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +78,7 @@ def _shift(rng, x, max_shift: int):
 def _split(data_config, split: str):
     cfg = data_config.copy_and_resolve_references()
     cfg.split = split
-    source = data.load_source(cfg)
+    source = sources.load_source(cfg)
     return source.get(np.arange(len(source)))  # uint8 [N, 8, 8, 1], int32 [N]
 
 

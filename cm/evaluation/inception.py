@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cm import fileio
-from cm.evaluation import torch_pickle
+from cm.io import fileio, torch_pickle
 
 INPUT_SIZE = 299  # the FID protocol's input resolution
 MIN_INPUT_SIZE = 75  # smaller inputs vanish before the global pool

@@ -10,9 +10,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from cm import data, fileio, latent_data
+from cm.data import latent_data, sources
 from cm.evaluation import features as features_lib
 from cm.evaluation import metrics
+from cm.io import fileio
 
 _SUBSET_SEED = 0x5EED  # which training images form the precision / recall feature subset
 
@@ -56,7 +57,7 @@ def accumulate(batches, num_images: int, subset_size: int) -> dict:
 def compute(config, extractor: features_lib.ParallelExtractor) -> dict:
     """Statistics of every image of config.data (of vae.images for latent data), data parallel,
     with a progress line."""
-    source = data.load_source(latent_data.image_data(config))
+    source = sources.load_source(latent_data.image_data(config))
     n = len(source)
     batches = extractor.batches(
         lambda indices: source.get(indices)[0], n, features_lib.progress_printer("fid_stats")

@@ -12,9 +12,11 @@ import jax
 import numpy as np
 from clu import metric_writers
 
-from cm import experiment, fileio, images, latent_data, sampling
+from cm import experiment, sampling
+from cm.data import latent_data
 from cm.evaluation import evaluator as evaluator_lib
 from cm.evaluation import inception_metric, reference_stats
+from cm.io import fileio, images
 
 
 def sample_and_score(config, samplers: dict, params, evaluator, num_samples: int, progress=True):

@@ -1,4 +1,4 @@
-"""What --mode=lcsc writes in <workdir>/<lcsc.name>/, all through cm/fileio.py (atomically):
+"""What --mode=lcsc writes in <workdir>/<lcsc.name>/, all through cm/io/fileio.py (atomically):
 coefficients.json, generations.json, heldout.json, fitness.png, coefficients.png, merged/."""
 
 import time
@@ -7,10 +7,12 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
 
-from cm import experiment, fileio, run_record
-from cm.checkpoint import Checkpointer
+from cm import experiment
+from cm.io import fileio
 from cm.lcsc import plots
 from cm.lcsc.candidates import SINGLE
+from cm.workdir import run_record
+from cm.workdir.checkpoint import Checkpointer
 
 
 def write_merged(config, exp, params, coefficients, step: int, path):
@@ -28,7 +30,7 @@ def write_merged(config, exp, params, coefficients, step: int, path):
     if ckpt.latest_step() != step:
         # The method's step-0 state around the merged parameters (its auxiliary parameters and
         # extra state fresh, frozen weights read from their files: LCSC merges the network only;
-        # cm/methods.py).
+        # cm/methods/table.py).
         train_state = experiment.state_around(exp, config, params)
         ckpt.save(step, train_state.replace(step=jnp.asarray(step, jnp.int32)))
     ckpt.close()

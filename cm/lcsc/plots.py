@@ -1,5 +1,5 @@
 """Small PNG charts drawn with pillow (no plotting library needed), returned as PNG bytes so
-that the caller writes them through cm/fileio.py (atomically, on any path)."""
+that the caller writes them through cm/io/fileio.py (atomically, on any path)."""
 
 import io
 

@@ -25,7 +25,8 @@ import json
 import jax
 import numpy as np
 
-from cm import experiment, fileio, state
+from cm import experiment, state
+from cm.io import fileio
 from cm.lcsc import baselines, candidates, merge, outputs, report, search, search_state, snapshots
 from cm.lcsc.candidates import LCSC, SINGLE, Candidate
 from cm.lcsc.fitness import Fitness

@@ -3,7 +3,7 @@ search resumes where it stopped and evaluates nothing twice.
 
 JSON, not pickle: loading a state file never runs code. The optimizer itself is not stored;
 search.run_search rebuilds it by replaying the finished generations from the cache. The file
-is rewritten atomically (cm/fileio.py) after every evaluation, by process 0 only.
+is rewritten atomically (cm/io/fileio.py) after every evaluation, by process 0 only.
 """
 
 import dataclasses
@@ -11,7 +11,7 @@ import json
 
 import jax
 
-from cm import fileio
+from cm.io import fileio
 
 FILE = "state.json"
 LEGACY_FILE = "state.pkl"  # written by earlier versions; never read (pickle can run code)

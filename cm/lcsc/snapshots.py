@@ -9,7 +9,8 @@ one parameter tree of one snapshot sits in host memory per call.
 import jax
 import orbax.checkpoint as ocp
 
-from cm import experiment, fileio, state
+from cm import experiment, state
+from cm.io import fileio
 
 ONLINE = ("params",)
 

@@ -62,11 +62,12 @@ class UNet(nn.Module):
     num_groups: int = 32
     norm_eps: float = 1e-6  # SongUNet 1e-6, ADM 1e-5
     num_classes: int = 0  # 0 = unconditional
-    augment_dim: int = 0  # width of the augmentation labels (cm/augment.py); 0 = none
+    augment_dim: int = 0  # width of the augmentation labels (cm/methods/augment.py); 0 = none
     head_channels: int = 0  # attention heads = max(1, C // head_channels); <= 0: one head
     emb_mult: int = 4  # conditioning embedding width = emb_mult * channels
     noise_mult: int = 1  # noise embedding width = noise_mult * channels (NCSN++ uses 2)
-    # A second noise label (MeanFlow's t - r or r, cm/meanflow.py) embedded like the first and
+    # A second noise label (MeanFlow's t - r or r, cm/methods/meanflow.py) embedded like the first
+    # and
     # concatenated with it, as the MeanFlow authors' CIFAR-10 U-Net does: the mapping network
     # then reads 2 * noise_mult * channels features. False keeps every other network unchanged.
     second_noise_label: bool = False

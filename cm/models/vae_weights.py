@@ -11,7 +11,7 @@ Only numpy and the safetensors package are needed; torch is not.
 import jax
 import numpy as np
 
-from cm import fileio
+from cm.io import fileio
 from cm.models import vae
 
 WEIGHTS_HELP = (

@@ -12,7 +12,7 @@ decoding undoes both steps (`unstandardize`, then division by scale_factor).
 
 import numpy as np
 
-from cm import fileio
+from cm.io import fileio
 
 FIELDS = ("latents", "labels", "mean", "std", "scale_factor", "num_classes")
 

@@ -15,8 +15,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from cm import losses
-from cm.method_spec import (
+from cm.methods import losses
+from cm.methods.spec import (
     Method,
     invalid,
     precond_pair,

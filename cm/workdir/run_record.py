@@ -13,11 +13,11 @@ import json
 
 import jax
 
-from cm import fileio
+from cm.io import fileio
 
 # Config fields that change the shape of the saved state: a resume with other values cannot work.
 STRUCTURAL_FIELDS = (
-    "method.name",  # the method's auxiliary parameters and extra state (cm/methods.py)
+    "method.name",  # the method's auxiliary parameters and extra state (cm/methods/table.py)
     "model",
     "data.image_size",
     "data.channels",

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cm import experiment, perf
+from benchmarks import perf
+from cm import experiment
 from cm.evaluation import features, inception, inception_metric
 
 _BATCH = flags.DEFINE_integer("batch", 64, "Global images per call.")

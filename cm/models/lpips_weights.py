@@ -1,5 +1,5 @@
-"""LPIPS's frozen weights (cm/lpips.py) from the two files the reference code loads, read by
-our .pth reader (cm/evaluation/torch_pickle.py: nothing in the file runs, no torch needed):
+"""LPIPS's frozen weights (cm/models/lpips.py) from the two files the reference code loads, read by
+our .pth reader (cm/io/torch_pickle.py: nothing in the file runs, no torch needed):
 
   method.lpips_vgg_path  torchvision's ImageNet VGG16, vgg16-397923af.pth (what the lpips
                          package, piq and CM's codes start from): features.<i>.weight
@@ -18,8 +18,8 @@ import zipfile
 import jax
 import numpy as np
 
-from cm import fileio, lpips
-from cm.evaluation import torch_pickle
+from cm.io import fileio, torch_pickle
+from cm.models import lpips
 
 VGG_FILE = "vgg16-397923af.pth"
 VGG_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -91,7 +91,7 @@ def _tensor(state_dict: dict, key: str, shape: tuple, path: str, field: str) -> 
 
 
 def from_state_dicts(vgg_sd: dict, lin_sd: dict, vgg_path="", lin_path="") -> dict:
-    """The weights' pytree (numpy float32, layout of cm/lpips.py) from the two state dicts;
+    """The weights' pytree (numpy float32, layout of cm/models/lpips.py) from the two state dicts;
     the paths only name the files in the messages."""
     vgg_field, lin_field = "method.lpips_vgg_path", "method.lpips_lin_path"
     vgg = {}

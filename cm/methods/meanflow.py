@@ -23,11 +23,14 @@ Sampling: z_r = z_t - (t - r) u(z_t, r, t) over decreasing times from 1 to 0; on
 x = e - u(e, 0, 1).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
-from cm import augment
-from cm.trigflow import bcast
+from cm.methods import augment
+from cm.methods.spec import Denoisers, Method, SamplerKind, invalid, require_number
+from cm.methods.trigflow import bcast
 
 MF_CONDITIONS = ("t_minus_r", "r")  # the second time label: t - r (both official codes) or r
 TR_ORDERS = ("sorted", "clamped")  # (t, r) = (max, min) of the draws (paper) | r = min(t, r)
@@ -170,3 +173,87 @@ def meanflow_sample(u, params, rng, labels, shape, *, times):
         tt, rr = jnp.full((b,), t), jnp.full((b,), r)
         z = z - (t - r) * u(params, z, rr, tt, labels)
     return z
+
+
+def check_meanflow(config, mode: str):
+    """MeanFlow fields (every mode)."""
+    del mode
+    m = config.method
+    if m.mf_condition not in MF_CONDITIONS:
+        invalid("method.mf_condition", m.mf_condition, f"valid are {list(MF_CONDITIONS)}")
+    if m.mf_tr_order not in TR_ORDERS:
+        invalid("method.mf_tr_order", m.mf_tr_order, f"valid are {list(TR_ORDERS)}")
+    require_number("method.mf_time_scale", m.mf_time_scale, 0, lo_open=True)
+    for name in ("mf_t_mean", "mf_r_mean"):
+        require_number(f"method.{name}", m[name])
+    for name in ("mf_t_std", "mf_r_std", "mf_norm_eps"):
+        require_number(f"method.{name}", m[name], 0, lo_open=True)
+    require_number("method.mf_norm_p", m.mf_norm_p, 0)
+    f = m.mf_equal_fraction
+    if not (isinstance(f, int | float) and 0 <= f <= 1):
+        invalid("method.mf_equal_fraction", f, "the fraction of rows with r = t is in [0, 1]")
+    for i, times in enumerate(config.sampling.meanflow_times):
+        ok = len(times) >= 2 and times[0] == 1 and times[-1] == 0
+        ok = ok and all(a > b for a, b in zip(times, times[1:], strict=False))
+        if not ok:
+            invalid(
+                f"sampling.meanflow_times[{i}]",
+                tuple(times),
+                "each schedule decreases from 1.0 (noise) to 0.0 (data)",
+            )
+
+
+def meanflow_parameterization(config, model) -> Denoisers:
+    """u(params, z, r, t, ...) for every use (MeanFlow has no teacher)."""
+    m = config.method
+    u = make_u(model, m.mf_condition, m.mf_time_scale)
+    return Denoisers(train=u, sample=u, teacher=u)
+
+
+def meanflow_objective(config, denoisers):
+    """MeanFlow's loss_fn of the table's signature (no aux, no extra); EDM's augmentation of
+    config.augment when augment.p > 0 (the CIFAR-10 recipe)."""
+    m = config.method
+    loss = functools.partial(
+        meanflow_loss,
+        denoisers.train,
+        t_mean=m.mf_t_mean,
+        t_std=m.mf_t_std,
+        r_mean=m.mf_r_mean,
+        r_std=m.mf_r_std,
+        equal_fraction=m.mf_equal_fraction,
+        tr_order=m.mf_tr_order,
+        norm_p=m.mf_norm_p,
+        norm_eps=m.mf_norm_eps,
+        augment_settings=augment.Settings.from_config(config.augment),
+    )
+
+    def loss_fn(params, batch, rng, step, aux=(), extra=()):
+        del aux, extra
+        return loss(params, batch, rng, step)
+
+    return loss_fn
+
+
+def meanflow_names(config) -> dict:
+    """One MeanFlow sampler per entry of sampling.meanflow_times, named by its steps."""
+    return {f"{len(t) - 1}step": tuple(t) for t in config.sampling.meanflow_times}
+
+
+def build_meanflow(config, u, levels):
+    """z_r = z_t - (t - r) u(z_t, r, t) over the schedule `levels` (1.0 ... 0.0)."""
+    del config
+    return lambda params, rng, labels, shape: meanflow_sample(
+        u, params, rng, labels, shape, times=levels
+    )
+
+
+SAMPLERS = SamplerKind(names=meanflow_names, build=build_meanflow)
+
+MEANFLOW = Method(
+    objective=meanflow_objective,
+    parameterization=meanflow_parameterization,
+    sampler="meanflow",
+    check=check_meanflow,
+    augments=True,
+)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from cm import fileio
+from cm.io import fileio
 
 DISPLAY_SIZE = 128  # small sample images are upscaled to at least this many pixels per cell
 

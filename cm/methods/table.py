@@ -16,7 +16,7 @@ entry is a `method_spec.Method`:
         one the samplers call (sample) and a frozen diffusion teacher's (teacher).
         `method_spec.precond_pair(train_kind, sample_kind)` builds it from precond.SCALINGS.
         (sct, scd and meanflow take TrigFlow / MeanFlow times instead of sigma: their entries'
-        own samplers and objectives are the only callers; cm/scm_entries.py.)
+        own samplers and objectives are the only callers; cm/methods/sct.py.)
     sampler: a key of SAMPLER_KINDS, the kind of the method's samplers. A kind
         (method_spec.SamplerKind) names its instances from the config ({name: levels}, e.g.
         1step and 2step from sampling.consistency_levels) and builds each as a per-device
@@ -48,8 +48,10 @@ before the table existed (its checkpoints keep their layout); with either, it is
 state.MethodTrainState, which adds aux, aux_opt_state and extra.
 """
 
-from cm import augment, cd, ect, objectives, sampling, scm_entries
-from cm.method_spec import (
+from cm import sampling
+from cm.methods import augment, cd, ect, edm, ict, meanflow, sct
+from cm.methods.spec import (
+    Denoisers,
     Method,
     SamplerKind,
     consistency_levels,
@@ -69,36 +71,38 @@ METHODS = {
     # iCT / sLCT (docs/methods.md sections 2, 3): the consistency function in training and
     # sampling, the student's own stop-gradient copy as teacher.
     "ict": Method(
-        objective=_single_denoiser(objectives.ict_objective),
+        objective=_single_denoiser(ict.ict_objective),
         parameterization=precond_pair("consistency", "consistency"),
         sampler="consistency",
     ),
     # EDM diffusion (section 5): the EDM denoiser, Heun's sampler.
     "edm": Method(
-        objective=_single_denoiser(objectives.edm_objective),
+        objective=_single_denoiser(edm.edm_objective),
         parameterization=precond_pair("edm", "edm"),
         sampler="heun",
         augments=True,
     ),
-    # ECT (section 8, cm/ect.py): EDM's denoiser in training, the consistency function at
+    # ECT (section 8, cm/methods/ect.py): EDM's denoiser in training, the consistency function at
     # sampling; usually started from an EDM run (method.init_from).
     "ect": ect.METHOD,
-    # CD (section 8, cm/cd.py): a frozen EDM teacher in the extra state, Heun steps between
+    # CD (section 8, cm/methods/cd.py): a frozen EDM teacher in the extra state, Heun steps between
     # adjacent levels, an optional target EMA.
     "cd": cd.METHOD,
-    # sCT / sCD (section 9, cm/sct.py via cm/scm_entries.py): TrigFlow over the network, one JVP
+    # sCT / sCD (section 9, cm/methods/sct.py via cm/methods/sct.py): TrigFlow over the network,
+    # one JVP
     # per step, the learned weighting w(t) as auxiliary parameters; sCD's EDM teacher frozen in
     # the extra state (method.init_from).
-    "sct": scm_entries.SCT,
-    "scd": scm_entries.SCD,
-    # MeanFlow (section 9, cm/meanflow.py): the average velocity u(z, r, t), its JVP target.
-    "meanflow": scm_entries.MEANFLOW,
+    "sct": sct.SCT,
+    "scd": sct.SCD,
+    # MeanFlow (section 9, cm/methods/meanflow.py): the average velocity u(z, r, t), its JVP target.
+    "meanflow": meanflow.MEANFLOW,
 }
 
 # Sampler kinds (cm/sampling.py): consistency 1-step / multistep, EDM's Heun; TrigFlow's and
-# MeanFlow's 1/2-step samplers (cm/scm_entries.py).
+# MeanFlow's 1/2-step samplers (cm/methods/sct.py).
 SAMPLER_KINDS = {
-    **scm_entries.SAMPLER_KINDS,
+    "trigflow": sct.SAMPLERS,
+    "meanflow": meanflow.SAMPLERS,
     "consistency": SamplerKind(
         names=consistency_levels,
         build=lambda config, denoise, levels: sampling.sampler_from_config(
@@ -158,3 +162,10 @@ def check(config, mode: str):
     entry = get(config.method.name)
     if entry.check is not None:
         entry.check(config, mode)
+
+
+def make_objective(config, denoise):
+    """loss_fn(params, batch, rng, step, aux=(), extra=()) of config.method.name, for a method
+    whose objective uses one denoiser `denoise` (the table's objective with train = sample =
+    denoise and no teacher)."""
+    return objective(config, Denoisers(train=denoise, sample=denoise, teacher=None))

@@ -1,5 +1,5 @@
 """CD, consistency distillation (docs/methods.md section 8), as CM's CIFAR-10 code
-(openai/consistency_models_cifar10, jcm/losses.py) runs it.
+(openai/consistency_models_cifar10, jcm/methods/losses.py) runs it.
 
 The teacher is a trained EDM denoiser: method.init_from's network, copied into the run's extra
 state at step 0 (checkpointed with the run, never trained) and also the student's starting
@@ -10,7 +10,8 @@ distance(f(x_{n+1}, t_{n+1}), f_target(x_hat_n, t_n)), where f is the student's 
 function and f_target the same function with the target parameters under stop_gradient: the
 student's own (method.cd_target_ema = 0, CM's CIFAR-10 code) or their EMA with rate mu (> 0),
 kept in the extra state. Student and target share the dropout key; the teacher runs without
-dropout. method.distance: l2, pseudo_huber, ... or CM's lpips (cm/lpips.py), whose frozen VGG16
+dropout. method.distance: l2, pseudo_huber, ... or CM's lpips (cm/models/lpips.py), whose frozen
+VGG16
 and heads, read from method.lpips_vgg_path and method.lpips_lin_path when the run starts, live
 in the extra state under "lpips" beside the teacher (losses.frozen_weights).
 """
@@ -20,12 +21,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from cm import losses, lpips, schedules
-from cm.method_spec import (
+from cm import schedules
+from cm.methods import losses
+from cm.methods.spec import (
     Method,
     invalid,
     precond_pair,
 )
+from cm.models import lpips
 
 
 def _bcast(s):

@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from cm import fileio
+from cm.io import fileio
 
 
 def state_digest(tree) -> str:

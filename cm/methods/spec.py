@@ -1,8 +1,12 @@
-"""What one entry of the method table (cm/methods.py) holds, and the pieces method modules share.
+"""What one entry of the method table (cm/methods/table.py) holds, and the pieces method modules
+share.
 
-A method is one `Method`; its module (cm/objectives.py for ict and edm, cm/ect.py, cm/cd.py, ...)
-builds the entry's parts, and cm/methods.py lists the entries by config.method.name. The format
-is documented in cm/methods.py. This module imports nothing from `cm` but precond, so that every
+A method is one `Method`; its module (cm/methods/ict.py for ict and edm, cm/methods/ect.py,
+cm/methods/cd.py, ...)
+builds the entry's parts, and cm/methods/table.py lists the entries by config.method.name. The
+format
+is documented in cm/methods/table.py. This module imports nothing from `cm` but precond, so that
+every
 method module can import it without a cycle.
 """
 
@@ -31,7 +35,7 @@ class Denoisers(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """One entry of the method table; see cm/methods.py for the contract of each field."""
+    """One entry of the method table; see cm/methods/table.py for the contract of each field."""
 
     objective: Callable  # (config, Denoisers) -> loss_fn
     parameterization: Callable  # (config, model) -> Denoisers
@@ -104,3 +108,16 @@ def invalid(path: str, value, reason: str, fix: str = ""):
     `--config.<path> to such a value` unless given), for a method module's own checks."""
     fix = fix or f"--config.{path} to such a value"
     raise ValueError(f"{path}={value!r} is invalid: {reason}; set {fix}.")
+
+
+def require_number(path, value, lo=None, lo_open=False, integer=False):
+    """Raises invalid(...) unless `value` is a number (an integer when `integer`) above `lo`
+    (strictly when `lo_open`)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = ok and (isinstance(value, int) or not integer)
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        bound = "" if lo is None else f" {'>' if lo_open else '>='} {lo}"
+        invalid(path, value, f"it must be {kind}{bound}")

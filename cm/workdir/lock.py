@@ -15,9 +15,12 @@ import threading
 import time
 import uuid
 
+import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
-from cm import fileio
+from cm.io import fileio
 
 
 def _boot_id() -> str:
@@ -112,3 +115,20 @@ class WorkdirLock:
                 fileio.remove(self.path)
         except (OSError, ValueError):
             pass  # gone or unreadable: nothing of ours to remove
+
+
+def lock_workdir(workdir: str, t):
+    """Process 0 takes the workdir lock; every process learns whether it got it."""
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = WorkdirLock(workdir, t.lock_heartbeat_seconds, t.lock_stale_seconds).acquire()
+        except ValueError as e:
+            error = e
+    if jax.process_count() > 1:
+        locked = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+        if not locked and error is None:
+            error = ValueError(f"Process 0 could not lock the workdir {workdir}; see its error.")
+    if error is not None:
+        raise error
+    return lock

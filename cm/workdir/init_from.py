@@ -21,8 +21,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cm import fileio, methods
-from cm.checkpoint import Checkpointer, NoCheckpointError
+from cm import methods
+from cm.io import fileio
+from cm.workdir.checkpoint import Checkpointer, NoCheckpointError
 
 INIT_PARAMS = ("ema", "params")  # method.init_params: which tree of the source
 

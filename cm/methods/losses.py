@@ -3,7 +3,8 @@ one table that resolves method.distance.
 
 iCT's pseudo-Huber acts on the whole sample vector; sLCT's Cauchy and the iLCT baseline's
 pseudo-Huber (as the sLCT authors' code computes it) on the mean over elements. LPIPS (CM's
-distance for consistency distillation, cm/lpips.py) runs a frozen network: its weights are read
+distance for consistency distillation, cm/models/lpips.py) runs a frozen network: its weights are
+read
 from files when a run starts and travel in the method's extra state (checkpointed, never
 trained), so only a method whose table entry carries them (Method.network_distance: CD) may name
 it.
@@ -15,7 +16,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from cm import lpips, lpips_weights, precision
+from cm import precision
+from cm.models import lpips, lpips_weights
 
 
 def _flat(a):

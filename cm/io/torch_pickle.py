@@ -11,7 +11,7 @@ location, numel) and rebuilds tensors with torch._utils._rebuild_tensor_v2(stora
 size, stride, ...). The unpickler below resolves only those names (and OrderedDict), and the
 legacy header pickles are read by one that resolves no name at all, so reading a file cannot
 run arbitrary code, and torch stays a test-only dependency. The caller reads the file's bytes
-(through cm/fileio.py, so any path works); nothing here touches the file system.
+(through cm/io/fileio.py, so any path works); nothing here touches the file system.
 """
 
 import collections

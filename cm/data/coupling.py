@@ -17,7 +17,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from cm import keys
-from cm.prefetch import BackgroundIterator
+from cm.data.prefetch import BackgroundIterator
 
 
 def squared_distances(x: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -125,7 +125,8 @@ def wrap_if_enabled(
     """`batches` with OT-coupled noise when config.method.ot_coupling, else unchanged.
 
     Each process reads rows [process_index * b, (process_index + 1) * b) of the global batch,
-    b = batch_size / process_count (cm/data.py), so its first group is process_index * b / G.
+    b = batch_size / process_count (cm/data/sources.py), so its first group is process_index * b /
+    G.
     num_devices only sizes the thread pool (one thread per local device, at most one per group);
     the coupled noise does not depend on it.
     """

@@ -10,7 +10,7 @@
        weighted sum over the channels with the non-negative lin weights, the spatial mean
     -> the sum over the five layers.
 
-The weights (cm/lpips_weights.py reads them) are a pytree: {"vgg": {"conv1_1": {"kernel":
+The weights (cm/models/lpips_weights.py reads them) are a pytree: {"vgg": {"conv1_1": {"kernel":
 [3, 3, in, out], "bias": [out]}, ...}, "lin": {"relu1_2": [64], ...}}. The convolutions run at
 the enclosing matmul precision (cd.py traces them under model.matmul_precision).
 """

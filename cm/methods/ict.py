@@ -1,8 +1,8 @@
-"""Training objectives as pure functions: iCT consistency training and EDM denoising.
+"""iCT and sLCT consistency training (docs/methods.md sections 2, 3) as a pure function.
 
-`ict_objective(config, denoise)` and `edm_objective(config, denoise)` read the config once and
-return loss_fn(params, batch, rng, step) -> (loss, metrics); everything inside is traced, so one
-compiled step serves every stage of the curriculum. The method table (cm/methods.py) lists them.
+`ict_objective(config, denoise)` reads the config once and returns loss_fn(params, batch, rng,
+step) -> (loss, metrics); everything inside is traced, so one compiled step serves every stage
+of the curriculum.
 """
 
 import functools
@@ -10,7 +10,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from cm import augment, coupling, losses, schedules
+from cm import schedules
+from cm.data import coupling
+from cm.methods import losses
 
 
 def ict_loss(
@@ -100,39 +102,6 @@ def low_noise_diffusion_loss(denoised, x, sigma, selected, sigma_data: float):
     return jnp.sum(mask * weight * mse) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def edm_loss(
-    denoise,
-    params,
-    batch,
-    rng,
-    step,
-    *,
-    p_mean: float,
-    p_std: float,
-    sigma_data: float,
-    augment_settings: augment.Settings | None = None,
-):
-    """EDM loss (docs/methods.md section 5): ln s ~ N(Pm, Ps^2), weight (s^2+sd^2)/(s sd)^2,
-    MSE of D(y + s n, s) to y.
-
-    With `augment_settings` enabled, y is the batch after EDM's augmentation (cm/augment.py),
-    drawn from fold_in(rng, augment.AUGMENT_TAG) on the global batch, and its labels condition
-    the network; otherwise y = x and the network gets no augmentation labels.
-    """
-    del step
-    x, labels = batch["image"], batch.get("label")  # [B, H, W, C], [B]
-    x, augment_labels = augment.for_step(rng, x, augment_settings)  # y; [B, label_dim] | None
-    k_sigma, k_noise, k_dropout = jax.random.split(rng, 3)
-    sigma = jnp.exp(p_mean + p_std * jax.random.normal(k_sigma, (x.shape[0],)))  # [B]
-    noise = jax.random.normal(k_noise, x.shape, x.dtype) * sigma[:, None, None, None]
-    extra = {} if augment_labels is None else {"augment_labels": augment_labels}
-    denoised = denoise(params, x + noise, sigma, labels, True, k_dropout, **extra)
-    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2  # [B]
-    mse = jnp.mean(jnp.square(denoised - x), axis=(1, 2, 3))  # [B]
-    loss = jnp.mean(weight * mse)
-    return loss, {"loss": loss, "sigma_mean": jnp.mean(sigma)}
-
-
 def ict_objective(config, denoise):
     """iCT's loss_fn(params, batch, rng, step) with the config's values."""
     m = config.method
@@ -159,33 +128,3 @@ def ict_objective(config, denoise):
         sigma_data=m.sigma_data,
         noise_from_batch=m.ot_coupling,
     )
-
-
-def edm_objective(config, denoise):
-    """EDM's loss_fn(params, batch, rng, step) with the config's values."""
-    m = config.method
-    return functools.partial(
-        edm_loss,
-        denoise,
-        p_mean=m.p_mean,
-        p_std=m.p_std,
-        sigma_data=m.sigma_data,
-        augment_settings=augment.Settings.from_config(config.augment),
-    )
-
-
-def check_method(name: str):
-    """Raises one clear sentence for an unknown method name (the table: cm/methods.py)."""
-    from cm import methods  # here: cm.methods imports this module
-
-    methods.get(name)
-
-
-def make_objective(config, denoise):
-    """loss_fn(params, batch, rng, step, aux=(), extra=()) of config.method.name, for a method
-    whose objective uses one denoiser `denoise` (the table's objective with train = sample =
-    denoise and no teacher)."""
-    from cm import methods  # here: cm.methods imports this module
-    from cm.method_spec import Denoisers
-
-    return methods.objective(config, Denoisers(train=denoise, sample=denoise, teacher=None))

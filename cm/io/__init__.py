@@ -1,0 +1,2 @@
+"""Files: paths local or on a bucket (fileio), full-disk errors, PNG grids, and the restricted .pth
+reader shared by Inception, LPIPS and the EDM import (nothing from a file is executed)."""

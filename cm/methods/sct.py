@@ -1,0 +1,333 @@
+"""sCT and sCD: continuous-time consistency training and distillation (docs/methods.md section 9).
+
+One training step, per sample (sCM, Algorithm 1):
+
+    tau ~ N(Pm, Ps^2), t = arctan(e^tau / sd);  z ~ N(0, sd^2 I);  x_t = cos t x0 + sin t z
+    dx_t/dt = cos t z - sin t x0                        (sCT, from the data)
+            = sd F_teacher(x_t, t)                      (sCD, the frozen teacher in eval mode)
+    (F-, cos t sin t dF-/dt) = jvp(F(sg(theta), ., .), (x_t, t), cos t sin t (dx_t/dt, 1))
+    g = -cos^2 t (sd F- - dx_t/dt) - r cos t sin t (x_t + sd dF-/dt),  r = min(1, step / H)
+    g <- g / (||g|| + c)
+    loss = prior(t) e^{w(t)} / D ||F_theta - F- - g||^2 - w(t),  prior = 1 / (sd tan t) or 1
+
+g equals cos(t) df-/dt at r = 1, so the gradient pushes f along its own time derivative; F- is
+F_theta's value under stop_gradient, so F_theta - F- is zero in value and only carries the
+gradient. The JVP runs with the same dropout key as the F_theta pass (one mask for both), and
+the step enters only through r, a traced value: one compiled step serves warm-up and after.
+w is TimeWeighting, a separate parameter tree trained with the network.
+
+The method-table entries (SCT, SCD) and their sampler kind (SAMPLERS) close the module. Their
+Denoisers are not EDM-signature denoisers of sigma: train is the normalized velocity
+F(params, x_t, t, labels, train, dropout_rng, augment_labels) of a TrigFlow time t, sample the
+consistency function f = cos t x_t - sin t sd F, teacher the F of the EDM form (an EDM network
+reused exactly, trigflow.make_flow). sCM's learned weighting w(t) is the entries' auxiliary
+parameter tree (init_aux); sCD's frozen teacher is its extra state (init_extra, a copy of
+method.init_from's EDM network, as CD).
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from cm.methods import trigflow
+from cm.methods.spec import Denoisers, Method, SamplerKind, invalid, require_number
+from cm.methods.trigflow import bcast
+from cm.models.embeddings import NoiseEmbedding
+
+
+def trig_time_law(key, n: int, p_mean: float, p_std: float, sigma_data: float):
+    """sCM's proposal: tau ~ N(Pm, Ps^2), t = arctan(e^tau / sd). Returns float32 [n]."""
+    tau = p_mean + p_std * jax.random.normal(key, (n,))
+    return jnp.arctan(jnp.exp(tau) / sigma_data)
+
+
+def tangent_warmup(step, warmup_steps: int):
+    """r = min(1, step / warmup_steps) as a traced float32 scalar; 1 when warmup_steps <= 0."""
+    if warmup_steps <= 0:
+        return jnp.float32(1.0)
+    return jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / warmup_steps)
+
+
+def tangent(F_minus, dF_scaled, x_t, dxdt, t, r, sigma_data: float):
+    """g = -cos^2 t (sd F- - dx_t/dt) - r (cos t sin t x_t + sd cos t sin t dF-/dt).
+
+    dF_scaled is cos t sin t dF-/dt (the JVP along cos t sin t (dx_t/dt, 1)); images
+    [B, H, W, C], t [B], r a scalar. Returns g [B, H, W, C].
+    """
+    cos, sin = bcast(jnp.cos(t)), bcast(jnp.sin(t))
+    first = -(cos**2) * (sigma_data * F_minus - dxdt)
+    return first - r * (cos * sin * x_t + sigma_data * dF_scaled)
+
+
+TANGENT_NORMS = ("l2", "rms")  # the paper's ||g||_2 | FastGen's ||g||_2 / sqrt(D)
+
+
+def normalize_tangent(g, c: float, kind: str = "l2"):
+    """g / (n + c) with n over each sample's D elements: the L2 norm ("l2", the paper) or the
+    root-mean-square ||g||_2 / sqrt(D) ("rms", FastGen's g_norm_spatial_invariance).
+    Returns (g [B, ...], n [B])."""
+    if kind not in TANGENT_NORMS:
+        raise ValueError(f"Unknown method.scm_tangent_norm {kind!r}; valid: {list(TANGENT_NORMS)}.")
+    reduce = jnp.sum if kind == "l2" else jnp.mean
+    norm = jnp.sqrt(reduce(jnp.square(g), axis=tuple(range(1, g.ndim))))
+    return g / bcast(norm + c), norm
+
+
+def jvp_tangent(F_of, x_t, t, dxdt):
+    """(F(x_t, t), cos t sin t dF/dt): one jax.jvp of F_of(x, t) along cos t sin t (dx_t/dt, 1)."""
+    cs = jnp.cos(t) * jnp.sin(t)  # [B]
+    return jax.jvp(F_of, (x_t, t), (bcast(cs) * dxdt, cs))
+
+
+class TimeWeighting(nn.Module):
+    """The adaptive weighting w(t) = Dense(Fourier features of c_noise(t)), EDM2's log-variance
+    head: `channels` frozen random frequencies of scale `fourier_scale`, then one linear layer,
+    zero-initialised so that training starts unweighted (w = 0)."""
+
+    channels: int = 128
+    fourier_scale: float = 1.0
+    fourier_seed: int = 0
+
+    @nn.compact
+    def __call__(self, time_labels):  # [B] -> [B] float32
+        feats = NoiseEmbedding("fourier", self.channels, self.fourier_scale, self.fourier_seed)(
+            time_labels.astype(jnp.float32)
+        )  # [B, channels]
+        return nn.Dense(1, kernel_init=nn.initializers.zeros, name="linear")(feats)[:, 0]
+
+
+def make_weighting(module: TimeWeighting, time_label):
+    """w(weighting_params, t) -> [B]: `module` applied to the network's time label of t."""
+    return lambda weighting_params, t: module.apply({"params": weighting_params}, time_label(t))
+
+
+def init_weighting(module: TimeWeighting, key):
+    """The weighting's parameter tree (zeros: w = 0 at the start)."""
+    return module.init(key, jnp.zeros((1,)))["params"]
+
+
+def scm_loss(
+    F,
+    weighting,
+    params,
+    weighting_params,
+    batch,
+    rng,
+    step,
+    *,
+    sigma_data: float,
+    p_mean: float,
+    p_std: float,
+    warmup_steps: int,
+    tangent_c: float,
+    prior_weighting: bool,
+    tangent_norm: str = "l2",
+    teacher=None,
+    teacher_params=None,
+):
+    """sCT (teacher None) or sCD loss, batch mean of the per-sample loss in the module docstring.
+
+    F: trigflow.make_flow(...), F(params, x_t, t, labels, train, dropout_rng); weighting:
+    make_weighting(...); teacher: an F of the frozen teacher network (sCD), run in eval mode.
+    Returns (loss, metrics).
+    """
+    x0, labels = batch["image"], batch.get("label")  # [B, H, W, C], [B]
+    k_time, k_noise, k_dropout = jax.random.split(rng, 3)
+    t = trig_time_law(k_time, x0.shape[0], p_mean, p_std, sigma_data)  # [B]
+    z = sigma_data * jax.random.normal(k_noise, x0.shape, x0.dtype)
+    cos, sin = bcast(jnp.cos(t)), bcast(jnp.sin(t))
+    x_t = cos * x0 + sin * z
+    if teacher is None:
+        dxdt = cos * z - sin * x0
+    else:
+        dxdt = sigma_data * teacher(teacher_params, x_t, t, labels, False, None)
+    dxdt = jax.lax.stop_gradient(dxdt)
+
+    # The JVP of the stop-gradient network, then F_theta with the same dropout key. XLA merges
+    # the JVP's primal with this forward pass (identical computations): the compiled step has
+    # the convolutions, FLOPs and memory of taking F_theta as the JVP's primal.
+    frozen = jax.lax.stop_gradient(params)
+    _, dF_scaled = jvp_tangent(lambda x, s: F(frozen, x, s, labels, True, k_dropout), x_t, t, dxdt)
+    F_theta = F(params, x_t, t, labels, True, k_dropout)
+    F_minus, dF_scaled = jax.lax.stop_gradient((F_theta, dF_scaled))
+
+    r = tangent_warmup(step, warmup_steps)
+    g = tangent(F_minus, dF_scaled, x_t, dxdt, t, r, sigma_data)
+    g, g_norm = normalize_tangent(jax.lax.stop_gradient(g), tangent_c, tangent_norm)
+    mse = jnp.mean(jnp.square(F_theta - F_minus - g), axis=(1, 2, 3))  # [B], ||.||^2 / D
+    w = weighting(weighting_params, t)  # [B]
+    prior = 1.0 / (sigma_data * jnp.tan(t)) if prior_weighting else jnp.ones_like(t)
+    per_sample = prior * jnp.exp(w) * mse - w
+    loss = jnp.mean(per_sample)
+    metrics = {
+        "loss": loss,
+        "mse": jnp.mean(mse),
+        "weighting_mean": jnp.mean(w),
+        "tangent_norm": jnp.mean(g_norm),
+        "tangent_warmup": r,
+        "t_mean": jnp.mean(t),
+    }
+    return loss, metrics
+
+
+def _flow(config, model, form: str):
+    m = config.method
+    return trigflow.make_flow(model, form, m.sigma_data, m.trig_time_scale, m.noise_label)
+
+
+def trig_parameterization(config, model) -> Denoisers:
+    """F of method.trig_form (train), its consistency function (sample), the EDM form's F
+    (sCD's teacher)."""
+    F = _flow(config, model, config.method.trig_form)
+    f = trigflow.consistency_fn(F, config.method.sigma_data)
+    return Denoisers(train=F, sample=f, teacher=_flow(config, model, "edm"))
+
+
+def _weighting_module(config) -> TimeWeighting:
+    m = config.method
+    return TimeWeighting(m.scm_weighting_channels, m.scm_weighting_fourier_scale)
+
+
+def init_aux(config, rng):
+    """w(t)'s parameters (zero output layer: w = 0 at the start): the entries' aux tree."""
+    return init_weighting(_weighting_module(config), rng)
+
+
+def scm_objective(config, denoisers, distill: bool):
+    """loss_fn(params, batch, rng, step, aux, extra) of sCT (distill False) or sCD: aux is
+    w(t)'s parameters, extra {"teacher": the EDM network} for sCD."""
+    m = config.method
+    time_label = trigflow.time_label_fn(m.trig_form, m.sigma_data, m.trig_time_scale, m.noise_label)
+    weighting = make_weighting(_weighting_module(config), time_label)
+    loss = functools.partial(
+        scm_loss,
+        denoisers.train,
+        weighting,
+        sigma_data=m.sigma_data,
+        p_mean=m.scm_p_mean,
+        p_std=m.scm_p_std,
+        warmup_steps=m.scm_tangent_warmup_steps,
+        tangent_c=m.scm_tangent_c,
+        prior_weighting=m.scm_prior_weighting,
+        tangent_norm=m.scm_tangent_norm,
+    )
+
+    def loss_fn(params, batch, rng, step, aux=(), extra=()):
+        if not distill:
+            return loss(params, aux, batch, rng, step)
+        teacher_params = jax.lax.stop_gradient(extra["teacher"])
+        return loss(
+            params, aux, batch, rng, step, teacher=denoisers.teacher, teacher_params=teacher_params
+        )
+
+    return loss_fn
+
+
+def init_teacher(config, params) -> dict:
+    """sCD's frozen teacher: a copy of the starting (method.init_from's EDM) parameters."""
+    del config
+    return {"teacher": jax.tree.map(jnp.copy, params)}
+
+
+# sCM's own time label c_noise(t) = t: its JVP time tangent cos t sin t dc/dt peaks at 1/2.
+SCM_LABEL_TANGENT = 0.5
+
+
+def label_time_tangent(config) -> float:
+    """The largest |cos t sin t d c_noise / dt| over t in (0, pi/2): what one unit of the JVP's
+    time direction (jvp_tangent scales it by cos t sin t) moves the network's time label. For
+    the edm form it is the label's slope per unit ln sigma (d ln sigma / dt = 1 / (cos t sin t))."""
+    m = config.method
+    label = trigflow.time_label_fn(m.trig_form, m.sigma_data, m.trig_time_scale, m.noise_label)
+    t = jnp.linspace(0.01, np.pi / 2 - 0.01, 64)  # [64], inside the open interval
+    _, dlabel = jax.jvp(label, (t,), (jnp.ones_like(t),))
+    return float(jnp.max(jnp.abs(jnp.cos(t) * jnp.sin(t) * dlabel)))
+
+
+def check_scm(config, mode: str, distill: bool):
+    """sCT/sCD fields (every mode: they shape the loss, the state and the samplers)."""
+    del mode
+    m = config.method
+    if m.trig_form not in trigflow.TRIG_FORMS:
+        invalid("method.trig_form", m.trig_form, f"valid forms are {list(trigflow.TRIG_FORMS)}")
+    if distill and m.trig_form != "edm":
+        invalid(
+            "method.trig_form",
+            m.trig_form,
+            "sCD's student starts as its EDM teacher, so it needs the edm form",
+            "--config.method.trig_form=edm",
+        )
+    if m.scm_tangent_norm not in TANGENT_NORMS:
+        invalid("method.scm_tangent_norm", m.scm_tangent_norm, f"valid are {list(TANGENT_NORMS)}")
+    require_number("method.trig_time_scale", m.trig_time_scale, 0, lo_open=True)
+    tangent = label_time_tangent(config)
+    if tangent > SCM_LABEL_TANGENT:
+        logging.warning(
+            "The network's time label moves %.3g per unit of the JVP's time tangent, %.0fx "
+            "sCM's c_noise(t) = t; sCM found such labels unstable and sCD on the digits diverged "
+            "with noise_label 250_log_sigma (docs/methods.md section 9).",
+            tangent,
+            tangent / SCM_LABEL_TANGENT,
+        )
+    require_number("method.scm_p_mean", m.scm_p_mean)
+    require_number("method.scm_p_std", m.scm_p_std, 0, lo_open=True)
+    require_number("method.scm_tangent_warmup_steps", m.scm_tangent_warmup_steps, 0, integer=True)
+    require_number("method.scm_tangent_c", m.scm_tangent_c, 0, lo_open=True)
+    require_number("method.scm_weighting_channels", m.scm_weighting_channels, 2, integer=True)
+    if m.scm_weighting_channels % 2:
+        invalid("method.scm_weighting_channels", m.scm_weighting_channels, "it must be even")
+    require_number(
+        "method.scm_weighting_fourier_scale", m.scm_weighting_fourier_scale, 0, lo_open=True
+    )
+    t_max = trigflow.t_max(m.sigma_max, m.sigma_data)
+    for i, mids in enumerate(config.sampling.trigflow_mid_times):
+        seq = (t_max, *mids)
+        if not all(isinstance(t, int | float) for t in mids) or not all(
+            a > b > 0 for a, b in zip(seq, seq[1:], strict=False)
+        ):
+            invalid(
+                f"sampling.trigflow_mid_times[{i}]",
+                tuple(mids),
+                f"times after the first step must decrease within (0, t_max = {t_max:.4f})",
+            )
+
+
+def trigflow_names(config) -> dict:
+    """One TrigFlow sampler per entry of sampling.trigflow_mid_times, named by its steps."""
+    return {f"{len(m) + 1}step": tuple(m) for m in config.sampling.trigflow_mid_times}
+
+
+def build_trigflow(config, f, levels):
+    """x0 = f(sd z, t_max), t_max = arctan(method.sigma_max / sd), then one step per mid time."""
+    m = config.method
+    start = trigflow.t_max(m.sigma_max, m.sigma_data)
+    sample = functools.partial(
+        trigflow.trigflow_sample, f, sigma_data=m.sigma_data, start_time=start, mid_times=levels
+    )
+    return lambda params, rng, labels, shape: sample(params, rng, labels, shape)
+
+
+SAMPLERS = SamplerKind(names=trigflow_names, build=build_trigflow)
+
+SCT = Method(
+    objective=functools.partial(scm_objective, distill=False),
+    parameterization=trig_parameterization,
+    sampler="trigflow",
+    init_aux=init_aux,
+    check=functools.partial(check_scm, distill=False),
+)
+
+SCD = Method(
+    objective=functools.partial(scm_objective, distill=True),
+    parameterization=trig_parameterization,
+    sampler="trigflow",
+    init_aux=init_aux,
+    init_extra=init_teacher,
+    check=functools.partial(check_scm, distill=True),
+    init_sources=("edm",),
+    requires_init_from=True,
+)
