@@ -18,7 +18,8 @@ from typing import Any
 
 from cm import methods
 from cm.evaluation import evaluator
-from cm.methods import losses
+from cm.methods import losses, spec
+from cm.methods.spec import invalid
 
 SAMPLING_PARAMS = ("ema", "online")  # sampling.params: which parameters the samplers use
 LEVELS_EXAMPLE = "'((), (0.821,))'"  # iCT's 1- and 2-step samplers (docs/methods.md section 2)
@@ -35,7 +36,8 @@ class Rule:
     what: str  # what the value is, for the message
     requirement: str  # e.g. "an integer >= 1"
     ok: Callable[[Any], bool]
-    applies: Callable[[Any, str], bool]  # (config, mode) -> whether the run reads the field
+    # (config, mode, the method's table entry) -> whether the run reads the field
+    applies: Callable[[Any, str, spec.Method], bool]
     each: bool = False
 
 
@@ -60,35 +62,36 @@ def _number(lo: float, hi: float = math.inf, lo_open=False, hi_open=True):
     return f"a number in {left}{lo}, {hi}{right}", ok
 
 
-def _modes(*modes: str) -> Callable[[Any, str], bool]:
-    return lambda config, mode: mode in modes
+def _modes(*modes: str) -> Callable:
+    return lambda config, mode, entry: mode in modes
 
 
-def _train_if(condition: Callable[[Any], bool]) -> Callable[[Any, str], bool]:
-    return lambda config, mode: mode == "train" and condition(config)
+def _train_if(condition: Callable[[Any], bool]) -> Callable:
+    return lambda config, mode, entry: mode == "train" and condition(config)
 
 
-def _consistency(config, mode: str) -> bool:
-    """The method samples with consistency samplers (cm/methods/table.py), which read the levels."""
-    return mode in SAMPLING_MODES and "consistency" in methods.sampler_kinds(config)
+def _owned_in_training(field: str) -> Callable:
+    """Training a method whose own fields (its entry's DEFAULTS) include method.`field`."""
+    return lambda config, mode, entry: mode == "train" and field in entry.defaults
 
 
-def _heun(config, mode: str) -> bool:
+def _consistency(config, mode: str, entry) -> bool:
+    """The method samples with consistency samplers, which read the levels."""
+    return mode in SAMPLING_MODES and entry.sampler is spec.CONSISTENCY_SAMPLERS
+
+
+def _heun(config, mode: str, entry) -> bool:
     """The method samples with EDM's Heun sampler, which reads the sampling.heun/churn fields."""
-    return mode in SAMPLING_MODES and "heun" in methods.sampler_kinds(config)
+    return mode in SAMPLING_MODES and entry.sampler is spec.HEUN_SAMPLERS
 
 
-def _reads_eval(config, mode: str) -> bool:
+def _reads_eval(config, mode: str, entry=None) -> bool:
     """eval, lcsc (its fitness is an evaluation) and training with periodic evaluation."""
     return mode in ("eval", "lcsc") or (mode == "train" and _periodic_eval(config))
 
 
 def _periodic_eval(config) -> bool:
     return config.eval.every != 0
-
-
-def _ict_train(config) -> bool:
-    return config.method.name == "ict"
 
 
 def _rule(path, what, kind, applies, each=False) -> Rule:
@@ -142,24 +145,24 @@ RULES = (
         _modes(*SAMPLING_MODES),
     ),
     _rule("method.p_std", "the noise-level law's std", _number(0.0, lo_open=True), TRAIN),
-    _rule("method.s0", "the curriculum's first N - 1", _integer(1), _train_if(_ict_train)),
+    _rule("method.s0", "the curriculum's first N - 1", _integer(1), _owned_in_training("s0")),
     _rule(
         "method.huber_c_factor",
         "the distance's c factor",
         _number(0.0, lo_open=True),
-        _train_if(_ict_train),
+        _train_if(lambda c: c.method.distance in losses.TAKES_C),
     ),
     _rule(
         "method.diffusion_weight",
         "the diffusion loss weight",
         _number(0.0),
-        _train_if(_ict_train),
+        _owned_in_training("diffusion_weight"),
     ),
     _rule(
         "method.diffusion_quantile",
         "the diffusion loss's share of the grid",
         _number(0.0, 1.0, lo_open=True, hi_open=False),
-        _train_if(_ict_train),
+        _owned_in_training("diffusion_quantile"),
     ),
     _rule(
         "method.ot_prefetch",
@@ -172,7 +175,7 @@ RULES = (
         "sampling.batch_size",
         "the samples per sampler call",
         _integer(1),
-        lambda c, mode: mode == "sample" or _reads_eval(c, mode),
+        lambda c, mode, entry: mode == "sample" or _reads_eval(c, mode),
     ),
     _rule("sampling.heun_steps", "the Heun steps", _integer(1), _heun),
     _rule("sampling.churn", "the Heun churn", _number(0.0), _heun),
@@ -183,7 +186,7 @@ RULES = (
         "eval.batch_size",
         "the Inception batch",
         _integer(1),
-        lambda c, mode: mode == "fid_stats" or _reads_eval(c, mode),
+        lambda c, mode, entry: mode == "fid_stats" or _reads_eval(c, mode),
     ),
     _rule("eval.is_splits", "the Inception Score splits", _integer(1), _reads_eval),
     _rule("eval.pr_k", "the precision/recall neighbour", _integer(1), _reads_eval),
@@ -191,7 +194,7 @@ RULES = (
         "eval.pr_samples",
         "the precision/recall features (0 = off)",
         _integer(0),
-        lambda c, mode: mode == "fid_stats" or _reads_eval(c, mode),
+        lambda c, mode, entry: mode == "fid_stats" or _reads_eval(c, mode),
     ),
     _rule("eval.sqrtm_eps", "the covariance jitter", _number(0.0), _reads_eval),
     _rule("eval.grid_samples", "the samples per grid", _integer(1), _modes("eval")),
@@ -218,39 +221,32 @@ def _get(config, path: str):
     return config
 
 
-def _fail(path: str, value, reason: str, fix: str = ""):
-    """Raises '<path>=<value> is invalid: <reason>; set <fix>.' (fix: `--config.<path> to
-    such a value` unless given)."""
-    fix = fix or f"--config.{path} to such a value"
-    raise ValueError(f"{path}={value!r} is invalid: {reason}; set {fix}.")
-
-
 def _check_rule(rule: Rule, config):
     value = _get(config, rule.path)
     if rule.each:
         if not isinstance(value, tuple | list):
-            _fail(
+            invalid(
                 rule.path, value, f"it must be a tuple in which {rule.what} is {rule.requirement}"
             )
         if not all(rule.ok(v) for v in value):
             fix = f"--config.{rule.path} to such values"
-            _fail(rule.path, value, f"{rule.what} must be {rule.requirement}", fix)
+            invalid(rule.path, value, f"{rule.what} must be {rule.requirement}", fix)
     elif not rule.ok(value):
-        _fail(rule.path, value, f"{rule.what} must be {rule.requirement}")
+        invalid(rule.path, value, f"{rule.what} must be {rule.requirement}")
 
 
-def _check_noise_range(config, mode: str):
+def _check_noise_range(config, mode: str, entry):
     """sigma_max > sigma_min, and the iCT curriculum's s1 >= s0 (log2(s1 / s0) must exist)."""
     m = config.method
     if mode in SAMPLING_MODES and not m.sigma_max > m.sigma_min:
-        _fail(
+        invalid(
             "method.sigma_max",
             m.sigma_max,
             f"it must exceed method.sigma_min={m.sigma_min!r}",
             "--config.method.sigma_max to a larger number",
         )
-    if mode == "train" and m.name == "ict" and not m.s1 >= m.s0:
-        _fail("method.s1", m.s1, f"it must be at least method.s0={m.s0!r}")
+    if mode == "train" and "s1" in entry.defaults and not m.s1 >= m.s0:
+        invalid("method.s1", m.s1, f"it must be at least method.s0={m.s0!r}")
 
 
 def _check_levels(config):
@@ -262,7 +258,7 @@ def _check_levels(config):
     lo, hi = config.method.sigma_min, config.method.sigma_max
 
     def fail(reason, fix="valid levels"):
-        _fail(path, all_levels, reason, f"{fix}, e.g. --config.{path}={LEVELS_EXAMPLE}")
+        invalid(path, all_levels, reason, f"{fix}, e.g. --config.{path}={LEVELS_EXAMPLE}")
 
     if not isinstance(all_levels, tuple | list) or not all_levels:
         fail("it must be a non-empty tuple of samplers, each a tuple of noise levels")
@@ -289,12 +285,12 @@ def _check_levels(config):
         )
 
 
-def _check_sampling_choices(config, mode: str):
+def _check_sampling_choices(config, mode: str, entry):
     s = config.sampling
     if s.params not in SAMPLING_PARAMS:
-        _fail("sampling.params", s.params, f"it must be one of {list(SAMPLING_PARAMS)}")
-    if _heun(config, mode) and not s.s_tmax >= s.s_tmin:
-        _fail("sampling.s_tmax", s.s_tmax, f"it must be at least sampling.s_tmin={s.s_tmin!r}")
+        invalid("sampling.params", s.params, f"it must be one of {list(SAMPLING_PARAMS)}")
+    if _heun(config, mode, entry) and not s.s_tmax >= s.s_tmin:
+        invalid("sampling.s_tmax", s.s_tmax, f"it must be at least sampling.s_tmin={s.s_tmin!r}")
 
 
 # The sample count an evaluation scores, per mode (lcsc's counts are lcsc/run.py's).
@@ -307,25 +303,25 @@ def _check_eval(config, mode: str):
     splits, count = config.eval.is_splits, EVAL_COUNT.get(mode)
     if "inception" in names and count and _get(config, count) < splits:
         reason = f"the Inception Score needs at least eval.is_splits={splits} samples"
-        _fail(count, _get(config, count), reason, f"--config.{count} to at least {splits}")
+        invalid(count, _get(config, count), reason, f"--config.{count} to at least {splits}")
 
 
-def _check_method(config, mode: str):
+def _check_method(config, mode: str, entry):
     """The method's own fields (its entry's check), method.init_from where it is required, and
     a network distance (LPIPS) only for a method that carries its frozen weights."""
-    entry = methods.get(config.method.name)
     if losses.is_network_distance(config.method.distance) and not entry.network_distance:
-        carriers = sorted(name for name, e in methods.METHODS.items() if e.network_distance)
-        _fail(
+        carriers = methods.network_distance_carriers()
+        invalid(
             "method.distance",
             config.method.distance,
             f"it runs a frozen network that only method.name in {carriers} carries",
             f"--config.method.distance to one of {sorted(losses.DISTANCES)} (or "
             f"--config.method.name={carriers[0]})",
         )
-    methods.check(config, mode)
+    if entry.check is not None:
+        entry.check(config, mode)
     if mode == "train" and entry.requires_init_from and not config.method.init_from:
-        _fail(
+        invalid(
             "method.init_from",
             config.method.init_from,
             f"method.name={config.method.name!r} starts from a trained diffusion model",
@@ -336,15 +332,15 @@ def _check_method(config, mode: str):
 def check(config, mode: str) -> None:
     """Raises ValueError, one sentence naming the field, its value and the fix, for the first
     config value that `mode` reads and cannot work with; returns None when all are usable."""
-    methods.get(config.method.name)  # an unknown method: one sentence naming the valid ones
+    entry = methods.get(config.method.name)  # an unknown method: one sentence naming the valid
     for rule in RULES:
-        if rule.applies(config, mode):
+        if rule.applies(config, mode, entry):
             _check_rule(rule, config)
-    _check_noise_range(config, mode)
-    _check_method(config, mode)
-    if _consistency(config, mode):
+    _check_noise_range(config, mode, entry)
+    _check_method(config, mode, entry)
+    if _consistency(config, mode, entry):
         _check_levels(config)
     if mode in SAMPLING_MODES:
-        _check_sampling_choices(config, mode)
+        _check_sampling_choices(config, mode, entry)
     if _reads_eval(config, mode):
         _check_eval(config, mode)

@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 from cm import keys, latents, methods, power_ema, precision, sampling, state
 from cm.methods import losses
-from cm.methods.spec import Denoisers
+from cm.methods.spec import Denoisers, Method
 from cm.models import build_model
 from cm.workdir import init_from
 
@@ -35,6 +35,7 @@ def num_label_classes(config) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
+    method: Method  # the entry of config.method.name, resolved once (cm/methods/table.py)
     model: Any
     denoise: Any  # the samplers' (params, x, sigma, labels, train, dropout_rng) -> f or D
     loss_fn: Any  # (params, batch, rng, step, aux=(), extra=()) -> (loss, metrics)
@@ -54,9 +55,10 @@ class Experiment:
 
 
 def build(config, devices=None) -> Experiment:
-    """The run's pieces for config.method.name, from its entry in the method table."""
+    """The run's pieces for config.method.name, from its entry in the method table (resolved
+    here, once, and kept as Experiment.method)."""
     entry = methods.get(config.method.name)
-    model = build_model(config)
+    model = build_model(config, second_noise_label=entry.second_noise_label)
     # Every network call (training loss, samplers, LCSC fitness) at model.matmul_precision.
     denoisers = Denoisers(
         *(
@@ -65,9 +67,10 @@ def build(config, devices=None) -> Experiment:
         )
     )
     return Experiment(
+        method=entry,
         model=model,
         denoise=denoisers.sample,
-        loss_fn=methods.objective(config, denoisers),
+        loss_fn=methods.objective(config, denoisers, entry),
         tx=state.make_optimizer(config.optim),
         mesh=make_mesh(devices),
         power_ema_gammas=tuple(power_ema.std_to_gamma(s) for s in config.training.power_ema_stds),
@@ -88,21 +91,26 @@ def init_params(exp: Experiment, config):
     ]
 
 
-def frozen_weights(config, abstract: bool = False) -> dict:
+def param_shapes(exp: Experiment, config):
+    """The network parameters' ShapeDtypeStructs (one trace of the initializer, no compute)."""
+    return jax.eval_shape(lambda: init_params(exp, config))
+
+
+def frozen_weights(exp: Experiment, config, abstract: bool = False) -> dict:
     """The frozen network weights the run's method carries besides init_extra's state: those of
     method.distance's network when the method's entry allows one (Method.network_distance),
     else {}. Read from their files on the host (numpy), or their ShapeDtypeStructs when
     `abstract`."""
-    if not methods.get(config.method.name).network_distance:
+    if not exp.method.network_distance:
         return {}
     return losses.frozen_weights(config, abstract)
 
 
 def fresh_state(exp: Experiment, config, params, frozen=None) -> state.TrainState:
     """The step-0 state around `params`: every EMA and power EMA a copy of them, a fresh
-    optimizer state, and the method's auxiliary parameters and extra state (cm/methods/table.py),
+    optimizer state, and the method's auxiliary parameters and extra state (cm/methods/spec.py),
     `frozen` (frozen_weights) added to the latter."""
-    entry, t = methods.get(config.method.name), config.training
+    entry, t = exp.method, config.training
     aux = entry.init_aux(config, keys.indexed(config.seed, "init", 1)) if entry.init_aux else None
     extra = entry.init_extra(config, params) if entry.init_extra else None
     if frozen:
@@ -111,16 +119,11 @@ def fresh_state(exp: Experiment, config, params, frozen=None) -> state.TrainStat
     return state.create(params, exp.tx, num_emas, num_power, aux=aux, extra=extra)
 
 
-def check_init_from(exp: Experiment, config):
-    """method.init_from's checks (cm/workdir/init_from.py), reading metadata only: for a new run to
-    refuse a bad source before it writes anything."""
-    init_from.check(config, jax.eval_shape(lambda: init_params(exp, config)))
-
-
-def check_frozen_weights(config):
-    """Reads and checks the frozen weights' files (frozen_weights): for a new run to refuse a
-    missing or wrong file before it writes anything."""
-    frozen_weights(config)
+def check_init_from(exp: Experiment, config, shapes=None):
+    """method.init_from's checks (cm/workdir/init_from.py), reading metadata only: for a new run
+    to refuse a bad source before it writes anything. shapes: param_shapes, when known."""
+    shapes = param_shapes(exp, config) if shapes is None else shapes
+    init_from.check(config, shapes, exp.method.init_sources)
 
 
 def _replicated(exp: Experiment, host):
@@ -130,26 +133,29 @@ def _replicated(exp: Experiment, host):
     )
 
 
-def state_around(exp: Experiment, config, params) -> state.TrainState:
+def state_around(exp: Experiment, config, params, frozen=None) -> state.TrainState:
     """fresh_state around replicated `params`, built on the devices by one jitted program that
-    takes the method's frozen weights (read here) as arguments, never as constants."""
-    frozen = _replicated(exp, frozen_weights(config))
+    takes the method's frozen weights (frozen_weights, read here unless given) as arguments,
+    never as constants."""
+    frozen = _replicated(exp, frozen_weights(exp, config) if frozen is None else frozen)
     make = jax.jit(lambda p, f: fresh_state(exp, config, p, f), out_shardings=exp.replicated)
     return make(params, frozen)
 
 
-def init_state(exp: Experiment, config) -> state.TrainState:
+def init_state(exp: Experiment, config, frozen=None, shapes=None) -> state.TrainState:
     """A fresh replicated train state, built directly on the devices: from random parameters,
-    or from those of the checkpoint method.init_from names (cm/workdir/init_from.py)."""
+    or from those of the checkpoint method.init_from names (cm/workdir/init_from.py).
+    frozen: frozen_weights when already read; shapes: param_shapes when already traced."""
     if config.method.init_from:
-        shapes = jax.eval_shape(lambda: init_params(exp, config))
-        host = init_from.load_params(config, shapes)  # numpy, read by every process
-        return state_around(exp, config, _replicated(exp, host))
+        shapes = param_shapes(exp, config) if shapes is None else shapes
+        # numpy, read by every process
+        host = init_from.load_params(config, shapes, exp.method.init_sources)
+        return state_around(exp, config, _replicated(exp, host), frozen)
 
     def make(frozen):
         return fresh_state(exp, config, init_params(exp, config), frozen)
 
-    frozen = _replicated(exp, frozen_weights(config))
+    frozen = _replicated(exp, frozen_weights(exp, config) if frozen is None else frozen)
     return jax.jit(make, out_shardings=exp.replicated)(frozen)
 
 
@@ -158,7 +164,7 @@ def abstract_state(exp: Experiment, config):
     (the frozen weights by their shapes: no file is read)."""
     shapes = jax.eval_shape(
         lambda f: fresh_state(exp, config, init_params(exp, config), f),
-        frozen_weights(config, abstract=True),
+        frozen_weights(exp, config, abstract=True),
     )
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=exp.replicated), shapes
@@ -174,9 +180,10 @@ def samplers(config, exp: Experiment) -> dict:
     """
     shape, classes = image_shape(config), num_label_classes(config)
     decoding = latents.LatentDecoding(config, exp.mesh) if config.data.name == "latents" else None
+    kind = exp.method.sampler
     out = {}
-    for name, (kind, levels) in methods.sampler_specs(config).items():
-        sample_fn = methods.make_sampler(config, exp.denoise, kind, levels)
+    for name, levels in kind.names(config).items():
+        sample_fn = kind.build(config, exp.denoise, levels)
         if decoding:
             sample_fn = decoding.per_device(sample_fn)
         parallel = sampling.make_parallel_sampler(sample_fn, exp.mesh, shape, classes)

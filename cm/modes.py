@@ -17,7 +17,7 @@ def summary(config, workdir: str):
     """Prints the per-module parameter table; ends with 'parameters: N'. Trains nothing."""
     del workdir
     exp = experiment.build(config)
-    shapes = jax.eval_shape(lambda: experiment.init_params(exp, config))
+    shapes = experiment.param_shapes(exp, config)
     table = param_table(shapes)
     print(table)
     return table

@@ -52,6 +52,11 @@ def noise_label_fn(name: str):
     return NOISE_LABELS[name]
 
 
+def bcast(s):
+    """A per-sample scalar [B] -> [B, 1, 1, 1], to scale images [B, H, W, C]."""
+    return s[:, None, None, None]
+
+
 def make_denoiser(model, kind: str, noise_label: str, sigma_data: float, sigma_min: float):
     """Returns denoise(params, x, sigma, labels, train, dropout_rng, augment_labels) -> f or D.
 
@@ -65,9 +70,7 @@ def make_denoiser(model, kind: str, noise_label: str, sigma_data: float, sigma_m
     scalings, c_noise = SCALINGS[kind], noise_label_fn(noise_label)
 
     def denoise(params, x, sigma, labels=None, train=False, dropout_rng=None, augment_labels=None):
-        c_skip, c_out, c_in = (
-            s[:, None, None, None] for s in scalings(sigma, sigma_data, sigma_min)
-        )
+        c_skip, c_out, c_in = (bcast(s) for s in scalings(sigma, sigma_data, sigma_min))
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
         extra = {} if augment_labels is None else {"augment_labels": augment_labels}
         out = model.apply(

@@ -72,31 +72,35 @@ def heun_sample(
     return x
 
 
-def sampler_from_config(config, denoise, kind: str, levels=()):
-    """A per-device sampler fn(params, rng, labels, shape) for kind 'consistency' or 'heun'."""
+def consistency_from_config(config, denoise, levels=()):
+    """The per-device consistency sampler fn(params, rng, labels, shape): one step from
+    method.sigma_max, then one per entry of `levels`."""
+    m = config.method
+    return functools.partial(
+        consistency_sample,
+        denoise,
+        sigma_min=m.sigma_min,
+        sigma_max=m.sigma_max,
+        levels=tuple(levels),
+    )
+
+
+def heun_from_config(config, denoise, levels=()):
+    """The per-device EDM Heun sampler fn(params, rng, labels, shape) of config.sampling."""
+    del levels  # Heun's grid comes from sampling.heun_steps
     m, s = config.method, config.sampling
-    if kind == "consistency":
-        return functools.partial(
-            consistency_sample,
-            denoise,
-            sigma_min=m.sigma_min,
-            sigma_max=m.sigma_max,
-            levels=tuple(levels),
-        )
-    if kind == "heun":
-        return functools.partial(
-            heun_sample,
-            denoise,
-            sigma_min=m.sigma_min,
-            sigma_max=m.sigma_max,
-            rho=m.rho,
-            num_steps=s.heun_steps,
-            churn=s.churn,
-            s_tmin=s.s_tmin,
-            s_tmax=s.s_tmax,
-            s_noise=s.s_noise,
-        )
-    raise ValueError(f"Unknown sampler {kind!r}; valid: ['consistency', 'heun'].")
+    return functools.partial(
+        heun_sample,
+        denoise,
+        sigma_min=m.sigma_min,
+        sigma_max=m.sigma_max,
+        rho=m.rho,
+        num_steps=s.heun_steps,
+        churn=s.churn,
+        s_tmin=s.s_tmin,
+        s_tmax=s.s_tmax,
+        s_noise=s.s_noise,
+    )
 
 
 def make_parallel_sampler(sample_fn, mesh, image_shape, num_classes: int):

@@ -64,27 +64,30 @@ def train_and_evaluate(config, workdir: str):
     exp = experiment.build(config)
     check_batch_size(config, exp.mesh.size)
     run_record.check(workdir, config.to_dict())
+    frozen = shapes = None
     if not fileio.listdir(fileio.path(workdir) / "checkpoints"):
-        # A new run: refuse a bad source or weights file before writing.
+        # A new run: refuse a bad source or weights file before writing; what is read here
+        # (the weights, the traced parameter shapes) builds the state, without a second read.
         if config.method.init_from:
-            experiment.check_init_from(exp, config)
-        experiment.check_frozen_weights(config)
+            shapes = experiment.param_shapes(exp, config)
+            experiment.check_init_from(exp, config, shapes)
+        frozen = experiment.frozen_weights(exp, config)
     lock = workdir_lock.lock_workdir(workdir, t)
     try:
-        return _train(config, workdir, source, exp)
+        return _train(config, workdir, source, exp, frozen, shapes)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(config, workdir: str, source, exp: experiment.Experiment):
+def _train(config, workdir: str, source, exp: experiment.Experiment, frozen, shapes):
     t = config.training
     ckpt = Checkpointer(workdir, t.keep_checkpoints)
     if ckpt.latest_step() is not None:
         train_state = ckpt.restore(experiment.abstract_state(exp, config))
         logging.info("Resumed from step %d in %s.", int(train_state.step), workdir)
     else:
-        train_state = experiment.init_state(exp, config)
+        train_state = experiment.init_state(exp, config, frozen, shapes)
     start = int(train_state.step)
     run_record.record_start(workdir, config.to_dict(), start)
 

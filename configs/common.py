@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from cm import methods
+
 
 def base_config() -> ml_collections.ConfigDict:
     """Every field any part of `cm` reads, at its paper default (docs/methods.md, 1, 2, 5)."""
@@ -61,89 +63,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.method.sigma_max = 80.0
     c.method.rho = 7.0
     c.method.sigma_data = 0.5
-    # c_noise fed to the network, named by its formula (cm/precond.py NOISE_LABELS; docs/methods.md
-    # section 1): log_sigma_over_4 = ln(sigma)/4 (EDM's preconditioning, every network) |
-    # 250_log_sigma = 250 ln(sigma) (openai/consistency_models and sLCT's code).
+    # c_noise fed to the network, named by its formula (cm/precond.py NOISE_LABELS;
+    # docs/methods.md section 1): log_sigma_over_4 = ln(sigma)/4 (EDM's preconditioning, every
+    # network) | 250_log_sigma = 250 ln(sigma) (openai/consistency_models and sLCT's code).
     c.method.noise_label = "log_sigma_over_4"
     c.method.p_mean = -1.1  # iCT index distribution (EDM training uses -1.2)
     c.method.p_std = 2.0  # iCT index distribution (EDM training uses 1.2)
-    c.method.s0 = 10
-    c.method.s1 = 1280
     c.method.distance = "pseudo_huber"  # pseudo_huber | l2 | cauchy | pseudo_huber_lct | lpips (cd)
     c.method.huber_c_factor = 0.00054  # c = factor * sqrt(d)
-    # sLCT switches (docs/methods.md section 3); the defaults are plain iCT.
-    c.method.adaptive_c = False  # c(N) = exp(slope ln(N - 1) + offset) after the first stage
-    c.method.adaptive_c_log_slope = -1.15
-    c.method.adaptive_c_log_offset = -0.85
-    c.method.diffusion_weight = 0.0  # sLCT: 5.0 (EDM-weighted x0 MSE at low noise)
-    c.method.diffusion_quantile = 0.25  # the lowest fraction of the current grid it covers
-    c.method.ot_coupling = False  # exact minibatch OT pairing of data and noise in each group
-    # Rows per OT group: the global batch is cut into consecutive groups of this size, each
-    # paired on its own, whatever the device count (128 = the per-GPU batch of the sLCT
-    # authors' scripts; it must divide batch_size / process count).
-    c.method.ot_group_size = 128
-    c.method.ot_prefetch = 2  # coupled batches computed ahead on the host
-    # Start a new run from another run's network (cm/workdir/init_from.py): a cm workdir (its newest
-    # committed checkpoint) or <workdir>/checkpoints/<step>; its parameters become the
+    # Start a new run from another run's network (cm/workdir/init_from.py): a cm workdir (its
+    # newest committed checkpoint) or <workdir>/checkpoints/<step>; its parameters become the
     # parameters and every EMA at step 0 (CD: also the frozen teacher). "" = random init.
     c.method.init_from = ""
     c.method.init_params = "ema"  # which tree of init_from: ema (its first EMA) | params (online)
-    # ECT (docs/methods.md section 8; locuslab/ect ECMLoss): t ~ lognormal(p_mean, p_std) (the
-    # fields above, -1.1 and 2.0 as in ECT), r = max(0, t (1 - q^-(stage+1) (1 + k sigmoid(-b t)))),
-    # distance method.distance (ECT's CIFAR-10 c = 0: l2) weighted by 1 / (t - r).
-    c.method.ect_q = 2.0  # the decay factor q
-    c.method.ect_k = 8.0  # k of the sigmoid adjustment
-    c.method.ect_b = 1.0  # b of the sigmoid adjustment
-    # stage = training images // this (ECT's --double=250 ticks of --tick=12.8 kimg = 3.2 Mimg);
-    # a multiple of training.batch_size.
-    c.method.ect_double_images = 3_200_000
-    # CD (docs/methods.md section 8; CM's jcm/methods/losses.py): the teacher is method.init_from's
-    # network (an EDM run), one Heun step of its PF-ODE between adjacent levels of this grid.
-    c.method.cd_num_scales = 18  # N of the Karras grid (sigma_min, sigma_max, rho above)
-    # mu of the target EMA of the student; 0 = the stop-gradient student itself (CM's CIFAR-10
-    # CD code runs 0; the CM paper's ImageNet-64 / LSUN CD used 0.95).
-    c.method.cd_target_ema = 0.0
-    # method.distance = "lpips" (CD only; cm/models/lpips.py, docs/methods.md section 8): LPIPS-VGG
-    # v0.1 on images upsampled bilinearly to lpips_resize a side when smaller (CM: 224; 0 =
-    # never); VGG16 poolings "max" (CM's CIFAR-10 code, the lpips package) or "avg" (CM's
-    # PyTorch code for ImageNet 64 / LSUN: piq with replace_pooling=True). The weights are read
-    # once, when a run starts (a resume has them in its checkpoints): torchvision's VGG16 and
-    # the lpips package's calibrated heads (README, "From a diffusion model").
-    c.method.lpips_resize = 224
-    c.method.lpips_pooling = "max"
-    c.method.lpips_vgg_path = "~/.cache/cm/vgg16-397923af.pth"
-    c.method.lpips_lin_path = "~/.cache/cm/lpips/v0.1/vgg.pth"
-    # sCT / sCD (docs/methods.md section 9; sCM arXiv 2410.11081, Algorithm 1; cm/methods/sct.py).
-    # TrigFlow's F: trigflow = net(x_t / sd, trig_time_scale * t) (sCM) | edm = an EDM network
-    # reused exactly (sCD, or sCT started from an EDM checkpoint; c_noise = method.noise_label).
-    c.method.trig_form = "trigflow"
-    c.method.trig_time_scale = 1.0  # sCM's c_noise(t) = t
-    c.method.scm_p_mean = -1.0  # tau ~ N(Pm, Ps^2), t = arctan(e^tau / sd): sCM CIFAR-10
-    c.method.scm_p_std = 1.4
-    c.method.scm_tangent_warmup_steps = 10_000  # H of the tangent warm-up r = min(1, step / H)
-    c.method.scm_tangent_c = 0.1  # g <- g / (||g|| + c)
-    # The norm of that normalization (section 9 readings): l2 = ||g||_2 (the paper) | rms =
-    # ||g||_2 / sqrt(D) (FastGen's g_norm_spatial_invariance).
-    c.method.scm_tangent_norm = "l2"
-    c.method.scm_prior_weighting = True  # the 1 / (sd tan t) factor (formula sheet, FastGen)
-    # w(t): EDM2's log-variance head, Fourier features (channels, scale) of the time label.
-    c.method.scm_weighting_channels = 128
-    c.method.scm_weighting_fourier_scale = 1.0
-    # MeanFlow (docs/methods.md section 9; arXiv 2505.13447; cm/methods/meanflow.py). The second
-    # time
-    # label: t_minus_r = (t, t - r) (both official codes) | r = (t, r); times scaled by this.
-    c.method.mf_condition = "t_minus_r"
-    c.method.mf_time_scale = 1.0  # raw times in [0, 1], as the official codes feed them
-    c.method.mf_t_mean = -2.0  # t, r logit-normal(mean, std): the paper's CIFAR-10 recipe
-    c.method.mf_t_std = 2.0
-    c.method.mf_r_mean = -2.0
-    c.method.mf_r_std = 2.0
-    # sorted: (t, r) = (max, min) of the two draws (the paper) | clamped: t its own draw,
-    # r = min(t, r) (py-meanflow's v1).
-    c.method.mf_tr_order = "sorted"
-    c.method.mf_equal_fraction = 0.25  # rows with r = t (CIFAR-10: r != t for 75%)
-    c.method.mf_norm_p = 0.75  # adaptive loss weighting 1 / sg(err + eps)^p (CIFAR-10)
-    c.method.mf_norm_eps = 1e-3
+    # Each method's own fields, with their paper defaults and comments, live in its module's
+    # DEFAULTS (cm/methods/ict.py: s0, s1, sLCT's switches, OT; ect.py: ect_*; cd.py: cd_*,
+    # lpips_*; sct.py: trig_*, scm_*; meanflow.py: mf_*).
+    c.method.update(methods.defaults())
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "radam"  # radam | adam | adamw

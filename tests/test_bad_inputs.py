@@ -14,7 +14,7 @@ import pytest
 from helpers import launch_cmd, subprocess_env, tiny_config
 from PIL import Image
 
-from cm import config_checks
+from cm import config_checks, methods
 
 MODES = ("train", "sample", "eval", "fid_stats", "summary", "encode", "lcsc")
 
@@ -233,7 +233,8 @@ def _bad_value(rule, value):
 def test_each_rule_names_field_value_and_fix(rule):
     for method in ("ict", "edm"):
         config = _all_on(method)
-        mode = next((m for m in MODES if rule.applies(config, m)), None)
+        entry = methods.get(config.method.name)
+        mode = next((m for m in MODES if rule.applies(config, m, entry)), None)
         if mode:
             break
     assert mode, f"{rule.path} applies in no mode"

@@ -177,6 +177,7 @@ def test_step_keeps_the_teacher_and_moves_the_target():
     target follows mu target + (1 - mu) new params, the EMA follows its own rate."""
     c = tiny_config(method__name="cd", method__cd_target_ema=0.5)
     exp = experiment.Experiment(
+        method=cd.METHOD,
         model=None,
         denoise=_net,
         loss_fn=cd.objective(c, Denoisers(_net, _net, gaussian_teacher)),

@@ -198,6 +198,7 @@ def test_jitted_step_compiles_once_across_stages():
     c.method.ect_double_images = c.training.batch_size  # a new stage every step
     net = lambda p, x, sigma, labels, train, rng: p["w"] * x
     exp = experiment.Experiment(
+        method=ect.METHOD,
         model=None,
         denoise=net,
         loss_fn=ect.objective(c, Denoisers(train=net, sample=net, teacher=None)),

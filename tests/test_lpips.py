@@ -248,7 +248,7 @@ def test_lpips_only_for_cd_and_its_fields_checked():
     with pytest.raises(ValueError, match=r"^method.distance='lpips' is invalid: .*\['cd'\]") as e:
         config_checks.check(c, "summary")
     _one_sentence(str(e.value))
-    with pytest.raises(ValueError, match="only consistency distillation carries"):
+    with pytest.raises(ValueError, match="a frozen network that this method does not carry"):
         losses.get_distance("lpips")
     c = tiny_config(method__name="cd", method__distance="lpips", method__lpips_resize=16)
     config_checks.check(c, "summary")
@@ -295,9 +295,10 @@ def test_cd_step_with_lpips(nets, weights):
     program holds no copy of them as constants (its text is far smaller than their 58 MB)."""
     c = _lpips_cd_config(nets, method__lpips_resize=0, data__image_size=16, data__channels=3)
     c.training.batch_size = 4
-    frozen = experiment.frozen_weights(c)
+    frozen = losses.frozen_weights(c)
     assert set(frozen) == {"lpips"}
     exp = experiment.Experiment(
+        method=cd.METHOD,
         model=None,
         denoise=_net,
         loss_fn=cd.objective(c, Denoisers(_net, _net, _teacher)),

@@ -52,8 +52,11 @@ def test_training_step_and_samplers_carry_the_configured_precision(setting):
 
     params = jax.eval_shape(lambda: experiment.init_params(exp, config))
     labels = jax.ShapeDtypeStruct((4,), jnp.int32)
-    for kind, levels in (("consistency", (0.821,)), ("heun", ())):
-        sample = sampling.sampler_from_config(config, exp.denoise, kind, levels)
+    for kind, build in (
+        ("consistency", sampling.consistency_from_config),
+        ("heun", sampling.heun_from_config),
+    ):
+        sample = build(config, exp.denoise, (0.821,))
         jaxpr = jax.make_jaxpr(lambda p, k, y, s=sample: s(p, k, y, (4, 8, 8, 1)))(
             params, jax.random.key(0), labels
         )

@@ -10,6 +10,7 @@ import pytest
 from helpers import tiny_config
 
 from cm import config_checks, experiment, methods, power_ema, precond, state, train
+from cm.methods import spec
 from cm.methods.spec import Denoisers, Method, precond_pair, stateless
 
 
@@ -44,20 +45,13 @@ def test_parameterization_of_each_method(name, train_kind, sample_kind):
 
 def test_samplers_of_each_method():
     c = tiny_config()
-    assert methods.sampler_specs(c) == {
-        "1step": ("consistency", ()),
-        "2step": ("consistency", (0.821,)),
-    }
-    for name in ("ect", "cd"):
+    for name in ("ict", "ect", "cd"):
         c.method.name = name
-        assert methods.sampler_specs(c) == {
-            "1step": ("consistency", ()),
-            "2step": ("consistency", (0.821,)),
-        }
+        assert methods.get(name).sampler is spec.CONSISTENCY_SAMPLERS
+        assert methods.sampler_specs(c) == {"1step": (), "2step": (0.821,)}
     c.method.name = "edm"
-    assert methods.sampler_specs(c) == {"heun18": ("heun", ())}
-    with pytest.raises(ValueError, match=r"^Unknown sampler kind 'euler'; valid: \['consistency'"):
-        methods.make_sampler(c, None, "euler")
+    assert methods.get("edm").sampler is spec.HEUN_SAMPLERS
+    assert methods.sampler_specs(c) == {"heun18": ()}
 
 
 def test_levels_are_checked_for_every_consistency_method_and_not_for_edm():
@@ -114,13 +108,14 @@ def test_auxiliary_parameters_are_trained_beside_the_network(monkeypatch):
     toy = Method(
         objective=lambda config, d: _toy_loss,
         parameterization=precond_pair("consistency", "consistency"),
-        sampler="consistency",
+        sampler=spec.CONSISTENCY_SAMPLERS,
         init_aux=lambda config, rng: {"v": jnp.float32(0.5)},
     )
     monkeypatch.setitem(methods.METHODS, "toy", toy)
     c = tiny_config(method__name="toy")
     c.training.power_ema_stds = (0.1,)
     exp = experiment.Experiment(
+        method=toy,
         model=None,
         denoise=None,
         loss_fn=methods.objective(c, Denoisers(None, None, None)),

@@ -311,6 +311,7 @@ def test_ot_train_step_gives_the_same_numbers_on_1_and_4_devices():
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         exp = experiment.Experiment(
+            method=methods.get(c.method.name),
             model=None,
             denoise=denoise,
             loss_fn=methods.make_objective(c, denoise),

@@ -31,7 +31,7 @@ def import_edm(config, workdir: str):
     network = load.read_network(config.edm_import.path)
     load.check(config, network)  # the config's first difference from the file, before building
     exp = experiment.build(config)
-    shapes = jax.eval_shape(lambda: experiment.init_params(exp, config))
+    shapes = experiment.param_shapes(exp, config)
     params = load.flax_params(config, network, shapes)
     run_record.check(workdir, config.to_dict())
     existing = fileio.listdir(fileio.path(workdir) / "checkpoints")

@@ -42,7 +42,7 @@ class SnapshotStream:
         self._manager = ocp.CheckpointManager(
             path, options=ocp.CheckpointManagerOptions(read_only=True)
         )
-        shapes = jax.eval_shape(lambda: experiment.init_params(exp, config))
+        shapes = experiment.param_shapes(exp, config)
         self._abstract = jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=exp.replicated), shapes
         )

@@ -1,26 +1,25 @@
-"""The method wing: one module per method (formulas, objective, checks, table entry) and the
-one table that dispatches on config.method.name (table.py); spec.py says what an entry holds."""
+"""The method wing: one module per method (formulas, objective, checks, config defaults and its
+table entry) and the one table that dispatches on config.method.name (table.py); spec.py says
+what an entry holds."""
 
 from cm.methods.table import (
     METHODS,
-    SAMPLER_KINDS,
-    check,
+    augmenting,
+    defaults,
     get,
     make_objective,
-    make_sampler,
+    network_distance_carriers,
     objective,
-    sampler_kinds,
     sampler_specs,
 )
 
 __all__ = [
     "METHODS",
-    "SAMPLER_KINDS",
-    "check",
+    "augmenting",
+    "defaults",
     "get",
     "make_objective",
-    "make_sampler",
+    "network_distance_carriers",
     "objective",
-    "sampler_kinds",
     "sampler_specs",
 ]

@@ -1,5 +1,5 @@
 """CD, consistency distillation (docs/methods.md section 8), as CM's CIFAR-10 code
-(openai/consistency_models_cifar10, jcm/methods/losses.py) runs it.
+(openai/consistency_models_cifar10, jcm/losses.py) runs it.
 
 The teacher is a trained EDM denoiser: method.init_from's network, copied into the run's extra
 state at step 0 (checkpointed with the run, never trained) and also the student's starting
@@ -23,27 +23,39 @@ import jax.numpy as jnp
 
 from cm import schedules
 from cm.methods import losses
-from cm.methods.spec import (
-    Method,
-    invalid,
-    precond_pair,
-)
+from cm.methods.spec import CONSISTENCY_SAMPLERS, Method, invalid, precond_pair
 from cm.models import lpips
+from cm.precond import bcast
 
-
-def _bcast(s):
-    return s[:, None, None, None]
+# CD's own config fields (CM's jcm/losses.py): the teacher is method.init_from's network (an
+# EDM run), one Heun step of its PF-ODE between adjacent levels of the grid below.
+DEFAULTS = {
+    "cd_num_scales": 18,  # N of the Karras grid (method.sigma_min, sigma_max, rho)
+    # mu of the target EMA of the student; 0 = the stop-gradient student itself (CM's CIFAR-10
+    # CD code runs 0; the CM paper's ImageNet-64 / LSUN CD used 0.95).
+    "cd_target_ema": 0.0,
+    # method.distance = "lpips" (cm/models/lpips.py, docs/methods.md section 8): LPIPS-VGG v0.1
+    # on images upsampled bilinearly to lpips_resize a side when smaller (CM: 224; 0 = never);
+    # VGG16 poolings "max" (CM's CIFAR-10 code, the lpips package) or "avg" (CM's PyTorch code
+    # for ImageNet 64 / LSUN: piq with replace_pooling=True). The weights are read once, when a
+    # run starts (a resume has them in its checkpoints): torchvision's VGG16 and the lpips
+    # package's calibrated heads (README, "Data and weights").
+    "lpips_resize": 224,
+    "lpips_pooling": "max",
+    "lpips_vgg_path": "~/.cache/cm/vgg16-397923af.pth",
+    "lpips_lin_path": "~/.cache/cm/lpips/v0.1/vgg.pth",
+}
 
 
 def heun_step(teacher, teacher_params, x, t, t_next, labels):
     """One Heun step of dx/ds = (x - D(x, s)) / s from s = t to s = t_next (both [B], > 0),
     D = teacher(teacher_params, ...) without dropout. x: [B, H, W, C]."""
-    d = (x - teacher(teacher_params, x, t, labels, False, None)) / _bcast(t)
-    x_euler = x + _bcast(t_next - t) * d
-    d_next = (x_euler - teacher(teacher_params, x_euler, t_next, labels, False, None)) / _bcast(
+    d = (x - teacher(teacher_params, x, t, labels, False, None)) / bcast(t)
+    x_euler = x + bcast(t_next - t) * d
+    d_next = (x_euler - teacher(teacher_params, x_euler, t_next, labels, False, None)) / bcast(
         t_next
     )
-    return x + _bcast(t_next - t) * 0.5 * (d + d_next)
+    return x + bcast(t_next - t) * 0.5 * (d + d_next)
 
 
 def cd_loss(
@@ -75,7 +87,7 @@ def cd_loss(
     n = jax.random.randint(k_index, (x.shape[0],), 0, num_scales - 1)  # [B], pair (n, n + 1)
     t_lo, t_hi = sigmas[n], sigmas[n + 1]  # [B]
     z = jax.random.normal(k_noise, x.shape, x.dtype)
-    x_hi = x + _bcast(t_hi) * z
+    x_hi = x + bcast(t_hi) * z
 
     student = denoise(params, x_hi, t_hi, labels, True, k_dropout)
     teacher_params = jax.lax.stop_gradient(extra["teacher"])
@@ -172,7 +184,8 @@ def _check_lpips(config):
 METHOD = Method(
     objective=objective,
     parameterization=precond_pair("consistency", "consistency"),
-    sampler="consistency",
+    sampler=CONSISTENCY_SAMPLERS,
+    defaults=DEFAULTS,
     init_extra=init_extra,
     update_extra=update_extra,
     check=check,

@@ -16,11 +16,19 @@ import jax
 import jax.numpy as jnp
 
 from cm.methods import losses
-from cm.methods.spec import (
-    Method,
-    invalid,
-    precond_pair,
-)
+from cm.methods.spec import CONSISTENCY_SAMPLERS, Method, invalid, precond_pair
+from cm.precond import bcast
+
+# ECT's own config fields (locuslab/ect ECMLoss); t ~ lognormal(method.p_mean, method.p_std),
+# -1.1 and 2.0 as in ECT, and the distance method.distance (ECT's CIFAR-10 c = 0: l2) are shared.
+DEFAULTS = {
+    "ect_q": 2.0,  # the decay factor q
+    "ect_k": 8.0,  # k of the sigmoid adjustment
+    "ect_b": 1.0,  # b of the sigmoid adjustment
+    # stage = training images // this (ECT's --double=250 ticks of --tick=12.8 kimg = 3.2 Mimg);
+    # a multiple of training.batch_size.
+    "ect_double_images": 3_200_000,
+}
 
 
 def ect_stage(step, double_steps: int):
@@ -61,7 +69,6 @@ def ect_loss(
     t = jnp.exp(p_mean + p_std * jax.random.normal(k_t, (y.shape[0],)))  # [B]
     stage = ect_stage(step, double_steps)
     r = ect_r(t, stage, q, k, b)  # [B], 0 <= r < t
-    bcast = lambda s: s[:, None, None, None]
     eps = jax.random.normal(k_noise, y.shape, y.dtype)  # shared by student and teacher
 
     student = denoise(params, y + bcast(t) * eps, t, labels, True, k_dropout)
@@ -118,7 +125,8 @@ def check(config, mode: str):
 METHOD = Method(
     objective=objective,
     parameterization=precond_pair("edm", "consistency"),
-    sampler="consistency",
+    sampler=CONSISTENCY_SAMPLERS,
+    defaults=DEFAULTS,
     check=check,
     init_sources=("edm",),
 )

@@ -1,5 +1,7 @@
 """EDM diffusion training (docs/methods.md section 5): the denoiser's weighted MSE under a
-lognormal noise-level law, with EDM's optional augmentation."""
+lognormal noise-level law, with EDM's optional augmentation, sampled by EDM's Heun sampler.
+EDM has no fields of its own: method.p_mean / p_std / sigma_data are shared (configs/common.py).
+"""
 
 import functools
 
@@ -7,6 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from cm.methods import augment
+from cm.methods.spec import HEUN_SAMPLERS, Method, precond_pair, stateless
+from cm.precond import bcast
 
 
 def edm_loss(
@@ -34,7 +38,7 @@ def edm_loss(
     x, augment_labels = augment.for_step(rng, x, augment_settings)  # y; [B, label_dim] | None
     k_sigma, k_noise, k_dropout = jax.random.split(rng, 3)
     sigma = jnp.exp(p_mean + p_std * jax.random.normal(k_sigma, (x.shape[0],)))  # [B]
-    noise = jax.random.normal(k_noise, x.shape, x.dtype) * sigma[:, None, None, None]
+    noise = jax.random.normal(k_noise, x.shape, x.dtype) * bcast(sigma)
     extra = {} if augment_labels is None else {"augment_labels": augment_labels}
     denoised = denoise(params, x + noise, sigma, labels, True, k_dropout, **extra)
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2  # [B]
@@ -43,14 +47,23 @@ def edm_loss(
     return loss, {"loss": loss, "sigma_mean": jnp.mean(sigma)}
 
 
-def edm_objective(config, denoise):
-    """EDM's loss_fn(params, batch, rng, step) with the config's values."""
+def objective(config, denoisers):
+    """EDM's loss_fn with the config's values (the table's objective)."""
     m = config.method
-    return functools.partial(
+    loss = functools.partial(
         edm_loss,
-        denoise,
+        denoisers.train,
         p_mean=m.p_mean,
         p_std=m.p_std,
         sigma_data=m.sigma_data,
         augment_settings=augment.Settings.from_config(config.augment),
     )
+    return stateless(loss)
+
+
+METHOD = Method(
+    objective=objective,
+    parameterization=precond_pair("edm", "edm"),
+    sampler=HEUN_SAMPLERS,
+    augments=True,
+)

@@ -1,8 +1,10 @@
-"""iCT and sLCT consistency training (docs/methods.md sections 2, 3) as a pure function.
+"""iCT and sLCT consistency training (docs/methods.md sections 2, 3): the loss, its config
+fields and the table entry.
 
-`ict_objective(config, denoise)` reads the config once and returns loss_fn(params, batch, rng,
-step) -> (loss, metrics); everything inside is traced, so one compiled step serves every stage
-of the curriculum.
+`objective(config, denoisers)` reads the config once and returns loss_fn(params, batch, rng,
+step, aux, extra) -> (loss, metrics); everything inside is traced, so one compiled step serves
+every stage of the curriculum. The consistency function is both the student and its own
+stop-gradient teacher, in training and in sampling.
 """
 
 import functools
@@ -13,6 +15,26 @@ import jax.numpy as jnp
 from cm import schedules
 from cm.data import coupling
 from cm.methods import losses
+from cm.methods.spec import CONSISTENCY_SAMPLERS, Method, precond_pair, stateless
+from cm.precond import bcast
+
+# iCT's own config fields (configs/common.py merges them into config.method).
+DEFAULTS = {
+    "s0": 10,  # the curriculum's first N - 1
+    "s1": 1280,  # its last N - 1 (doubling from s0)
+    # sLCT switches (docs/methods.md section 3); the defaults are plain iCT.
+    "adaptive_c": False,  # c(N) = exp(slope ln(N - 1) + offset) after the first stage
+    "adaptive_c_log_slope": -1.15,
+    "adaptive_c_log_offset": -0.85,
+    "diffusion_weight": 0.0,  # sLCT: 5.0 (EDM-weighted x0 MSE at low noise)
+    "diffusion_quantile": 0.25,  # the lowest fraction of the current grid it covers
+    "ot_coupling": False,  # exact minibatch OT pairing of data and noise in each group
+    # Rows per OT group: the global batch is cut into consecutive groups of this size, each
+    # paired on its own, whatever the device count (128 = the per-GPU batch of the sLCT
+    # authors' scripts; it must divide batch_size / process count).
+    "ot_group_size": 128,
+    "ot_prefetch": 2,  # coupled batches computed ahead on the host
+}
 
 
 def ict_loss(
@@ -68,7 +90,6 @@ def ict_loss(
         z = batch["noise"].astype(x.dtype)  # [B, H, W, C], paired with x by the OT assignment
     else:
         z = jax.random.normal(k_noise, x.shape, x.dtype)
-    bcast = lambda s: s[:, None, None, None]
 
     student = denoise(params, x + bcast(sigma_hi) * z, sigma_hi, labels, True, k_dropout)
     teacher_params = jax.lax.stop_gradient(params)
@@ -102,14 +123,14 @@ def low_noise_diffusion_loss(denoised, x, sigma, selected, sigma_data: float):
     return jnp.sum(mask * weight * mse) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def ict_objective(config, denoise):
-    """iCT's loss_fn(params, batch, rng, step) with the config's values."""
+def objective(config, denoisers):
+    """iCT's loss_fn with the config's values (the table's objective)."""
     m = config.method
     if m.ot_coupling:  # fail at start-up, before the workdir is touched
         coupling.check_groups(config.training.batch_size, m.ot_group_size, jax.process_count())
-    return functools.partial(
+    loss = functools.partial(
         ict_loss,
-        denoise,
+        denoisers.train,
         total_steps=config.training.num_steps,
         s0=m.s0,
         s1=m.s1,
@@ -128,3 +149,12 @@ def ict_objective(config, denoise):
         sigma_data=m.sigma_data,
         noise_from_batch=m.ot_coupling,
     )
+    return stateless(loss)
+
+
+METHOD = Method(
+    objective=objective,
+    parameterization=precond_pair("consistency", "consistency"),
+    sampler=CONSISTENCY_SAMPLERS,
+    defaults=DEFAULTS,
+)

@@ -66,6 +66,9 @@ def huber_c(num_elements: int, factor: float) -> float:
     return factor * num_elements**0.5
 
 
+# The distances that read c (iCT's c = huber_c_factor sqrt(d)); l2 ignores it.
+TAKES_C = ("pseudo_huber", "pseudo_huber_lct", "cauchy")
+
 DISTANCES = {
     "l2": l2,
     "pseudo_huber": pseudo_huber,
@@ -108,9 +111,8 @@ def get_distance(name: str, config=None):
     if name in NETWORK_DISTANCES:
         if config is None:
             raise ValueError(
-                f"method.distance={name!r} runs a frozen network that only consistency "
-                f"distillation carries; set --config.method.name=cd or --config.method.distance "
-                f"to one of {sorted(DISTANCES)}."
+                f"method.distance={name!r} runs a frozen network that this method does not "
+                f"carry; set --config.method.distance to one of {sorted(DISTANCES)}."
             )
         network = precision.with_matmul_precision(
             NETWORK_DISTANCES[name].distance, config.model.matmul_precision

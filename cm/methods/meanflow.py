@@ -29,8 +29,26 @@ import jax
 import jax.numpy as jnp
 
 from cm.methods import augment
-from cm.methods.spec import Denoisers, Method, SamplerKind, invalid, require_number
-from cm.methods.trigflow import bcast
+from cm.methods.spec import Denoisers, Method, SamplerKind, invalid, require_number, stateless
+from cm.precond import bcast
+
+# MeanFlow's own config fields (arXiv 2505.13447; configs/common.py merges them).
+DEFAULTS = {
+    # The second time label: t_minus_r = (t, t - r) (both official codes) | r = (t, r); times
+    # scaled by mf_time_scale.
+    "mf_condition": "t_minus_r",
+    "mf_time_scale": 1.0,  # raw times in [0, 1], as the official codes feed them
+    "mf_t_mean": -2.0,  # t, r logit-normal(mean, std): the paper's CIFAR-10 recipe
+    "mf_t_std": 2.0,
+    "mf_r_mean": -2.0,
+    "mf_r_std": 2.0,
+    # sorted: (t, r) = (max, min) of the two draws (the paper) | clamped: t its own draw,
+    # r = min(t, r) (py-meanflow's v1).
+    "mf_tr_order": "sorted",
+    "mf_equal_fraction": 0.25,  # rows with r = t (CIFAR-10: r != t for 75%)
+    "mf_norm_p": 0.75,  # adaptive loss weighting 1 / sg(err + eps)^p (CIFAR-10)
+    "mf_norm_eps": 1e-3,
+}
 
 MF_CONDITIONS = ("t_minus_r", "r")  # the second time label: t - r (both official codes) or r
 TR_ORDERS = ("sorted", "clamped")  # (t, r) = (max, min) of the draws (paper) | r = min(t, r)
@@ -175,7 +193,7 @@ def meanflow_sample(u, params, rng, labels, shape, *, times):
     return z
 
 
-def check_meanflow(config, mode: str):
+def check(config, mode: str):
     """MeanFlow fields (every mode)."""
     del mode
     m = config.method
@@ -203,14 +221,14 @@ def check_meanflow(config, mode: str):
             )
 
 
-def meanflow_parameterization(config, model) -> Denoisers:
+def parameterization(config, model) -> Denoisers:
     """u(params, z, r, t, ...) for every use (MeanFlow has no teacher)."""
     m = config.method
     u = make_u(model, m.mf_condition, m.mf_time_scale)
     return Denoisers(train=u, sample=u, teacher=u)
 
 
-def meanflow_objective(config, denoisers):
+def objective(config, denoisers):
     """MeanFlow's loss_fn of the table's signature (no aux, no extra); EDM's augmentation of
     config.augment when augment.p > 0 (the CIFAR-10 recipe)."""
     m = config.method
@@ -228,11 +246,7 @@ def meanflow_objective(config, denoisers):
         augment_settings=augment.Settings.from_config(config.augment),
     )
 
-    def loss_fn(params, batch, rng, step, aux=(), extra=()):
-        del aux, extra
-        return loss(params, batch, rng, step)
-
-    return loss_fn
+    return stateless(loss)
 
 
 def meanflow_names(config) -> dict:
@@ -248,12 +262,14 @@ def build_meanflow(config, u, levels):
     )
 
 
-SAMPLERS = SamplerKind(names=meanflow_names, build=build_meanflow)
+SAMPLERS = SamplerKind("meanflow", meanflow_names, build_meanflow)
 
-MEANFLOW = Method(
-    objective=meanflow_objective,
-    parameterization=meanflow_parameterization,
-    sampler="meanflow",
-    check=check_meanflow,
+METHOD = Method(
+    objective=objective,
+    parameterization=parameterization,
+    sampler=SAMPLERS,
+    defaults=DEFAULTS,
+    check=check,
     augments=True,
+    second_noise_label=True,
 )

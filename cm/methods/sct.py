@@ -35,8 +35,27 @@ from absl import logging
 
 from cm.methods import trigflow
 from cm.methods.spec import Denoisers, Method, SamplerKind, invalid, require_number
-from cm.methods.trigflow import bcast
 from cm.models.embeddings import NoiseEmbedding
+from cm.precond import bcast
+
+# sCT / sCD's own config fields (sCM arXiv 2410.11081, Algorithm 1; configs/common.py merges
+# them). TrigFlow's F: trigflow = net(x_t / sd, trig_time_scale * t) (sCM) | edm = an EDM network
+# reused exactly (sCD, or sCT started from an EDM checkpoint; c_noise = method.noise_label).
+DEFAULTS = {
+    "trig_form": "trigflow",
+    "trig_time_scale": 1.0,  # sCM's c_noise(t) = t
+    "scm_p_mean": -1.0,  # tau ~ N(Pm, Ps^2), t = arctan(e^tau / sd): sCM CIFAR-10
+    "scm_p_std": 1.4,
+    "scm_tangent_warmup_steps": 10_000,  # H of the tangent warm-up r = min(1, step / H)
+    "scm_tangent_c": 0.1,  # g <- g / (||g|| + c)
+    # The norm of that normalization (section 9 readings): l2 = ||g||_2 (the paper) | rms =
+    # ||g||_2 / sqrt(D) (FastGen's g_norm_spatial_invariance).
+    "scm_tangent_norm": "l2",
+    "scm_prior_weighting": True,  # the 1 / (sd tan t) factor (formula sheet, FastGen)
+    # w(t): EDM2's log-variance head, Fourier features (channels, scale) of the time label.
+    "scm_weighting_channels": 128,
+    "scm_weighting_fourier_scale": 1.0,
+}
 
 
 def trig_time_law(key, n: int, p_mean: float, p_std: float, sigma_data: float):
@@ -179,7 +198,7 @@ def _flow(config, model, form: str):
     return trigflow.make_flow(model, form, m.sigma_data, m.trig_time_scale, m.noise_label)
 
 
-def trig_parameterization(config, model) -> Denoisers:
+def parameterization(config, model) -> Denoisers:
     """F of method.trig_form (train), its consistency function (sample), the EDM form's F
     (sCD's teacher)."""
     F = _flow(config, model, config.method.trig_form)
@@ -197,7 +216,7 @@ def init_aux(config, rng):
     return init_weighting(_weighting_module(config), rng)
 
 
-def scm_objective(config, denoisers, distill: bool):
+def objective(config, denoisers, distill: bool):
     """loss_fn(params, batch, rng, step, aux, extra) of sCT (distill False) or sCD: aux is
     w(t)'s parameters, extra {"teacher": the EDM network} for sCD."""
     m = config.method
@@ -248,7 +267,7 @@ def label_time_tangent(config) -> float:
     return float(jnp.max(jnp.abs(jnp.cos(t) * jnp.sin(t) * dlabel)))
 
 
-def check_scm(config, mode: str, distill: bool):
+def check(config, mode: str, distill: bool):
     """sCT/sCD fields (every mode: they shape the loss, the state and the samplers)."""
     del mode
     m = config.method
@@ -311,23 +330,25 @@ def build_trigflow(config, f, levels):
     return lambda params, rng, labels, shape: sample(params, rng, labels, shape)
 
 
-SAMPLERS = SamplerKind(names=trigflow_names, build=build_trigflow)
+SAMPLERS = SamplerKind("trigflow", trigflow_names, build_trigflow)
 
 SCT = Method(
-    objective=functools.partial(scm_objective, distill=False),
-    parameterization=trig_parameterization,
-    sampler="trigflow",
+    objective=functools.partial(objective, distill=False),
+    parameterization=parameterization,
+    sampler=SAMPLERS,
+    defaults=DEFAULTS,
     init_aux=init_aux,
-    check=functools.partial(check_scm, distill=False),
+    check=functools.partial(check, distill=False),
 )
 
 SCD = Method(
-    objective=functools.partial(scm_objective, distill=True),
-    parameterization=trig_parameterization,
-    sampler="trigflow",
+    objective=functools.partial(objective, distill=True),
+    parameterization=parameterization,
+    sampler=SAMPLERS,
+    defaults=DEFAULTS,
     init_aux=init_aux,
     init_extra=init_teacher,
-    check=functools.partial(check_scm, distill=True),
+    check=functools.partial(check, distill=True),
     init_sources=("edm",),
     requires_init_from=True,
 )

@@ -1,20 +1,66 @@
-"""What one entry of the method table (cm/methods/table.py) holds, and the pieces method modules
-share.
+"""What one entry of the method table (cm/methods/table.py) holds, and the pieces that method
+modules share.
 
-A method is one `Method`; its module (cm/methods/ict.py for ict and edm, cm/methods/ect.py,
-cm/methods/cd.py, ...)
-builds the entry's parts, and cm/methods/table.py lists the entries by config.method.name. The
-format
-is documented in cm/methods/table.py. This module imports nothing from `cm` but precond, so that
-every
-method module can import it without a cycle.
+A method's module (ict.py, edm.py, ect.py, cd.py, sct.py, meanflow.py) holds its formulas, its
+objective, its config checks, its config defaults (DEFAULTS) and its entry, a `Method`;
+table.py lists the entries by config.method.name and is the one place that dispatches on it.
+This module imports nothing from `cm` but precond and sampling, so every method module can
+import it without a cycle.
+
+The fields of a `Method`:
+
+    objective(config, denoisers) -> loss_fn
+        loss_fn(params, batch, rng, step, aux=(), extra=()) -> (loss, metrics), traced inside
+        the jitted step. params: the network's parameters (differentiated); aux: the method's
+        trainable auxiliary parameters (differentiated too); extra: its untrained state (not
+        differentiated); batch: {"image": [B, H, W, C], "label": [B], ...}; rng: the step's
+        key; step: the traced step. metrics: scalars, "loss" among them. `stateless(loss)`
+        adapts a loss of (params, batch, rng, step).
+    parameterization(config, model) -> Denoisers(train, sample, teacher)
+        how the raw network becomes the function the objective differentiates (train), the
+        one the samplers call (sample) and a frozen diffusion teacher's (teacher).
+        `precond_pair(train_kind, sample_kind)` builds it from precond.SCALINGS. (sct, scd and
+        meanflow take TrigFlow / MeanFlow times instead of sigma: their own samplers and
+        objectives are the only callers.)
+    sampler: a SamplerKind, the kind of the method's samplers: it names its instances from the
+        config ({name: levels}, e.g. 1step and 2step from sampling.consistency_levels), builds
+        each as a per-device fn(params, rng, labels, shape) around the sample denoiser.
+    defaults: the method's own config fields with their paper defaults, merged into
+        config.method by configs/common.py (names unique across the table).
+    init_aux(config, rng) -> pytree, or None (the default: no auxiliary parameters)
+        trainable parameters besides the network (e.g. sCM's learned weighting w(t)). They are
+        trained with the network by the same optimizer (their own optimizer state), and are
+        never sampled from, EMA'd, snapshotted or merged by LCSC. rng = key 1 of the "init"
+        stream (the network uses the stream's base key).
+    init_extra(config, params) -> pytree, or None (the default: no extra state)
+        state that no gradient trains, built from the network parameters the run starts from
+        (its random initialization, or method.init_from's): a frozen teacher, a target EMA.
+        It is part of the checkpointed train state, so a resumed run has it exactly.
+    update_extra(config) -> fn(extra, params, step) -> extra, or None (the default: constant)
+        applied after every optimizer step with the new parameters (a target EMA's update).
+    check(config, mode) -> None, or one ValueError sentence (`invalid`)
+        the method's own config fields, before anything is written (config_checks.check).
+    init_sources: which recorded method.name a method.init_from checkpoint may have; None =
+        any. requires_init_from: training refuses random parameters (a distilled teacher).
+    augments: the objective applies EDM's augmentation when augment.p > 0.
+    network_distance: method.distance may name a distance computed by a frozen network
+        (losses.NETWORK_DISTANCES: lpips). Its weights are read from the files the config names
+        when a run starts (experiment.frozen_weights), passed to the state's jitted constructor
+        as arguments (never as constants) and kept in the extra state under the distance's
+        name; the objective then gets fn(a, b, c, extra) from losses.get_distance(name, config).
+        config_checks refuses a network distance for the other methods.
+    second_noise_label: the network reads a second time label (MeanFlow's r or t - r).
+
+The train state of a method without init_aux and init_extra is state.TrainState, exactly as
+before the table existed (its checkpoints keep their layout); with either, it is
+state.MethodTrainState, which adds aux, aux_opt_state and extra.
 """
 
 import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from cm import precond
+from cm import precond, sampling
 
 
 class Denoisers(NamedTuple):
@@ -34,12 +80,23 @@ class Denoisers(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
+class SamplerKind:
+    """One kind of sampler: its named instances and how to build one."""
+
+    name: str  # for messages and tables: consistency, heun, trigflow, meanflow
+    names: Callable  # config -> {sampler name: levels}
+    # (config, sample denoiser, levels) -> per-device fn(params, rng, labels, shape)
+    build: Callable
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
-    """One entry of the method table; see cm/methods/table.py for the contract of each field."""
+    """One entry of the method table; the module docstring gives the contract of each field."""
 
     objective: Callable  # (config, Denoisers) -> loss_fn
     parameterization: Callable  # (config, model) -> Denoisers
-    sampler: str  # a key of methods.SAMPLER_KINDS: how the method samples
+    sampler: SamplerKind  # how the method samples
+    defaults: dict = dataclasses.field(default_factory=dict)  # the method's own config fields
     init_aux: Callable | None = None  # (config, rng) -> trainable auxiliary parameters
     init_extra: Callable | None = None  # (config, params) -> untrained method state
     update_extra: Callable | None = None  # config -> fn(extra, params, step) -> extra
@@ -52,6 +109,7 @@ class Method:
     # method.distance may name a network distance (losses.NETWORK_DISTANCES: lpips), whose
     # frozen weights the run then carries in its extra state under the distance's name.
     network_distance: bool = False
+    second_noise_label: bool = False  # the network reads a second time label (MeanFlow)
 
 
 def precond_pair(train_kind: str, sample_kind: str) -> Callable:
@@ -71,41 +129,19 @@ def precond_pair(train_kind: str, sample_kind: str) -> Callable:
 
 
 def stateless(loss_fn) -> Callable:
-    """A loss of (params, batch, rng, step) as an objective of the table's signature, for
-    methods without auxiliary parameters or extra state."""
+    """A loss of (params, batch, rng, step) as a loss_fn of the table's signature, for methods
+    without auxiliary parameters or extra state."""
 
-    def objective(params, batch, rng, step, aux=(), extra=()):
+    def loss(params, batch, rng, step, aux=(), extra=()):
         del aux, extra
         return loss_fn(params, batch, rng, step)
 
-    return objective
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerKind:
-    """One kind of sampler (an entry of methods.SAMPLER_KINDS): its named instances and how
-    to build one."""
-
-    names: Callable  # config -> {sampler name: levels}
-    # (config, sample denoiser, levels) -> per-device fn(params, rng, labels, shape)
-    build: Callable
-
-
-def consistency_levels(config) -> dict:
-    """One consistency sampler per entry of sampling.consistency_levels, named by its steps."""
-    return {
-        f"{len(levels) + 1}step": tuple(levels) for levels in config.sampling.consistency_levels
-    }
-
-
-def heun_levels(config) -> dict:
-    """EDM's Heun sampler with sampling.heun_steps steps (no levels)."""
-    return {f"heun{config.sampling.heun_steps}": ()}
+    return loss
 
 
 def invalid(path: str, value, reason: str, fix: str = ""):
-    """Raises config_checks' sentence '<path>=<value> is invalid: <reason>; set <fix>.' (fix:
-    `--config.<path> to such a value` unless given), for a method module's own checks."""
+    """Raises the config checks' sentence '<path>=<value> is invalid: <reason>; set <fix>.'
+    (fix: `--config.<path> to such a value` unless given)."""
     fix = fix or f"--config.{path} to such a value"
     raise ValueError(f"{path}={value!r} is invalid: {reason}; set {fix}.")
 
@@ -121,3 +157,23 @@ def require_number(path, value, lo=None, lo_open=False, integer=False):
         kind = "an integer" if integer else "a number"
         bound = "" if lo is None else f" {'>' if lo_open else '>='} {lo}"
         invalid(path, value, f"it must be {kind}{bound}")
+
+
+def consistency_levels(config) -> dict:
+    """One consistency sampler per entry of sampling.consistency_levels, named by its steps."""
+    return {
+        f"{len(levels) + 1}step": tuple(levels) for levels in config.sampling.consistency_levels
+    }
+
+
+def heun_levels(config) -> dict:
+    """EDM's Heun sampler with sampling.heun_steps steps (no levels)."""
+    return {f"heun{config.sampling.heun_steps}": ()}
+
+
+# The two kinds of sampler over a denoiser of sigma (cm/sampling.py); config_checks checks
+# their fields (sampling.consistency_levels; the Heun fields).
+CONSISTENCY_SAMPLERS = SamplerKind(
+    "consistency", consistency_levels, sampling.consistency_from_config
+)
+HEUN_SAMPLERS = SamplerKind("heun", heun_levels, sampling.heun_from_config)

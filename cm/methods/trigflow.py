@@ -27,13 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from cm import precond
+from cm.precond import bcast
 
 TRIG_FORMS = ("trigflow", "edm")
-
-
-def bcast(s):
-    """[B] -> [B, 1, 1, 1], to scale images."""
-    return s[:, None, None, None]
 
 
 def time_from_sigma(sigma, sigma_data: float):

@@ -30,7 +30,7 @@ def _num_classes(config) -> int:
     return n if config.model.use_labels and n > 0 else 0
 
 
-def _fields(config) -> dict:
+def _fields(config, second_noise_label: bool) -> dict:
     """The U-Net fields every architecture takes from config.model and config.data."""
     m = config.model
     return dict(
@@ -53,19 +53,21 @@ def _fields(config) -> dict:
         augment_dim=m.augment_dim,
         dtype=_dtype(m.dtype),
         remat=bool(m.remat),
-        # MeanFlow's u reads a second time label (docs/methods.md section 9); the one place set.
-        second_noise_label=config.method.name == "meanflow",
+        # MeanFlow's u reads a second time label (docs/methods.md section 9).
+        second_noise_label=second_noise_label,
     )
 
 
 MODELS = {
-    "unet": lambda config: UNet(**_fields(config)),
-    "adm": lambda config: adm_unet(**_fields(config)),
+    "unet": lambda fields: UNet(**fields),
+    "adm": lambda fields: adm_unet(**fields),
 }
 
 
-def build_model(config):
-    """The Flax module named by config.model.name, configured from config.model and config.data.
+def build_model(config, second_noise_label: bool = False):
+    """The Flax module named by config.model.name, configured from config.model and config.data;
+    `second_noise_label` when the method's network reads a second time label (its table
+    entry's field, which experiment.build hands in).
 
     Call it as `model.apply({"params": p}, x, c_noise, labels, train=..., rngs={"dropout": k})`
     (and `augment_labels=` [B, model.augment_dim] in augmented training).
@@ -73,7 +75,7 @@ def build_model(config):
     name = config.model.name
     if name not in MODELS:
         raise ValueError(f"Unknown model.name {name!r}; valid: {sorted(MODELS)}.")
-    return MODELS[name](config)
+    return MODELS[name](_fields(config, second_noise_label))
 
 
 def _unwrap(params):

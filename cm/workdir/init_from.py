@@ -11,7 +11,8 @@ checkpoints, never the source again.
 
 Checks, each one sentence: the source exists and holds a checkpoint; its tree has exactly the
 parameters of this config's network, with the same shapes and dtypes; and when it recorded its
-config (config.json), its method is one the run's method accepts (methods.Method.init_sources)
+config (config.json), its method is one the run's method accepts (its entry's init_sources,
+handed in by the caller)
 and its noise label and sigma_data are this config's (the network learned to read them).
 The content digest of the source checkpoint is not re-checked (only the parameter tree is read,
 and the digest covers the whole state).
@@ -21,7 +22,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cm import methods
 from cm.io import fileio
 from cm.workdir.checkpoint import Checkpointer, NoCheckpointError
 
@@ -76,13 +76,13 @@ def _architecture_difference(source: dict, target: dict) -> str:
     return ""
 
 
-def _check_recorded_config(config, path: str, workdir):
-    """The source's recorded method, noise label and sigma_data (when it has config.json)."""
+def _check_recorded_config(config, path: str, workdir, allowed):
+    """The source's recorded method (one of `allowed`, or any when None), noise label and
+    sigma_data (when it has config.json)."""
     record = workdir / "config.json"
     if not fileio.exists(record):
         return
     source = fileio.read_json(record).get("method", {})
-    allowed = methods.get(config.method.name).init_sources
     name = source.get("name")
     if allowed is not None and name is not None and name not in allowed:
         raise ValueError(
@@ -98,9 +98,10 @@ def _check_recorded_config(config, path: str, workdir):
             )
 
 
-def check(config, shapes):
+def check(config, shapes, init_sources):
     """Every check of the module docstring, reading only metadata; returns (checkpoint folder,
-    the Orbax partial-restore item that selects the parameter tree)."""
+    the Orbax partial-restore item that selects the parameter tree). init_sources: the run's
+    method entry's (spec.Method.init_sources)."""
     path, which = config.method.init_from, config.method.init_params
     if which not in INIT_PARAMS:
         raise ValueError(
@@ -108,7 +109,7 @@ def check(config, shapes):
             "set --config.method.init_params to one of them."
         )
     workdir, step = locate(path)
-    _check_recorded_config(config, path, workdir)
+    _check_recorded_config(config, path, workdir, init_sources)
     directory = workdir / "checkpoints" / str(step) / "default"
     try:
         saved = ocp.PyTreeCheckpointHandler().metadata(directory).tree
@@ -131,10 +132,10 @@ def check(config, shapes):
     return directory, item
 
 
-def load_params(config, shapes):
+def load_params(config, shapes, init_sources):
     """The parameter tree of method.init_from as numpy arrays, with the structure of `shapes`
     (this config's network: a tree of jax.ShapeDtypeStruct), after `check`."""
-    directory, item = check(config, shapes)
+    directory, item = check(config, shapes, init_sources)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     restored = ocp.PyTreeCheckpointer().restore(
         directory,
