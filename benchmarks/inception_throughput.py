@@ -1,6 +1,6 @@
 """Inception feature throughput (images/s) on the available devices, with random weights.
 
-    python -m cm.evaluation.throughput --batch=64 --batches=3 --image_size=32
+    python -m benchmarks.inception_throughput --batch=64 --batches=3 --image_size=32
 
 Times the whole FID input path of `--mode=eval`: uint8 images -> TF1 resize to 299 ->
 Inception pool features and logits, data parallel over all devices, after one warm-up batch

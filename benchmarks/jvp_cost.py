@@ -28,7 +28,6 @@ from ml_collections import config_flags
 from benchmarks import measure, perf
 from cm import experiment
 from cm.methods import sct, trigflow
-from cm.models import build_model
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config file.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per method, after the compiling one.")
@@ -41,7 +40,7 @@ def _g_precision(config):
     m = config.method
     exp = experiment.build(config)
     batch = jax.device_get(measure.random_batch(config, exp))
-    model = build_model(config)
+    model = exp.model
     params = jax.device_get(experiment.init_params(exp, config))
     params = jax.tree.map(
         lambda v: v + 0.05 * jax.random.normal(jax.random.key(2), v.shape), params

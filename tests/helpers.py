@@ -3,18 +3,16 @@
 import os
 import sys
 
+from benchmarks import tiny
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides):
-    """The demo config shrunk to a net that compiles and steps in seconds."""
+    """The demo config shrunk to a net that compiles and steps in seconds (tiny.TINY_NETWORK)."""
     from configs.demo import get_config
 
-    c = get_config()
-    c.model.channels = 8
-    c.model.channel_mult = (1, 2)
-    c.model.num_blocks = 1
-    c.model.num_groups = 4
+    c = tiny.with_overrides(get_config(), tiny.TINY_NETWORK)
     c.training.batch_size = 8
     c.training.num_steps = 4
     c.training.log_every = 1
@@ -33,10 +31,7 @@ def tiny_config(**overrides):
 def launch_cmd(workdir, *args, config="configs/demo.py"):
     """argv of launch.py on the tiny demo config, for running in a fresh process."""
     tiny_flags = [
-        "--config.model.channels=8",
-        "--config.model.channel_mult=(1,2)",
-        "--config.model.num_blocks=1",
-        "--config.model.num_groups=4",
+        *tiny.as_flags(tiny.TINY_NETWORK),
         "--config.training.batch_size=8",
         "--config.training.log_every=1",
         "--config.training.sample_every=0",

@@ -1,14 +1,16 @@
-"""benchmarks/device_check.py: the largest-batch search, the published peaks, and the --quick
-table (rows and columns) from a fresh process, in this process and in worker processes."""
+"""benchmarks/device_check.py: the largest-batch search (device_max_batch), the published peaks,
+the tiny networks' overrides (tiny), and the --quick table (rows and columns) from a fresh
+process, in this process and in worker processes."""
 
 import json
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 from helpers import ROOT, subprocess_env
 
-from benchmarks import device_check, perf
+from benchmarks import device_max_batch, device_rows, device_setup, perf, tiny
 
 
 def _search(limit: int, start=128, cap=4096, multiple=8, tolerance=0.0):
@@ -18,7 +20,7 @@ def _search(limit: int, start=128, cap=4096, multiple=8, tolerance=0.0):
         calls.append(b)
         return b <= limit
 
-    largest, probes = device_check.largest_fitting(fits, start, cap, multiple, tolerance)
+    largest, probes = device_max_batch.largest_fitting(fits, start, cap, multiple, tolerance)
     assert [b for b, _ in probes] == calls  # every probe is recorded, in order
     return largest, probes
 
@@ -59,6 +61,23 @@ def test_published_peaks_by_device_kind():
     assert perf.published_peak("cpu", "bf16") is None
 
 
+def test_tiny_overrides_copy_the_config_and_render_as_flags():
+    config = ml_collections.ConfigDict({"model": {"channels": 128, "head": {"width": 4}}})
+    small = tiny.with_overrides(config, {"model.channels": 8, "model.head.width": 2})
+    assert (small.model.channels, small.model.head.width) == (8, 2)
+    assert (config.model.channels, config.model.head.width) == (128, 4)  # left alone
+    assert tiny.as_flags(tiny.TINY_NETWORK) == [
+        "--config.model.channels=8",
+        "--config.model.channel_mult=(1,2)",
+        "--config.model.num_blocks=1",
+        "--config.model.num_groups=4",
+    ]
+    assert tiny.as_flags({"model.attn_resolutions": (8,), "data.image_size": 8}) == [
+        "--config.model.attn_resolutions=(8,)",
+        "--config.data.image_size=8",
+    ]
+
+
 def _table(stdout: str) -> tuple[list[str], list[dict]]:
     """(columns, rows as dicts) of the markdown table printed last."""
     lines = [line for line in stdout.splitlines() if line.startswith("|")]
@@ -79,7 +98,7 @@ def test_quick_check_prints_one_table_with_every_row():
     proc = _run()  # the persistent compilation cache (~/.cache/cm/jax) makes reruns fast
     assert proc.stdout.splitlines()[0].startswith("device: cpu")
     columns, rows = _table(proc.stdout)
-    assert tuple(columns) == device_check.COLUMNS
+    assert tuple(columns) == device_rows.COLUMNS
     items = [r["item"] for r in rows]
     assert items.count("train") == 12 and items.count("max batch") == 4
     assert items.count("recipe on 8 devices") == 4 and items.count("inception") == 1
@@ -90,7 +109,7 @@ def test_quick_check_prints_one_table_with_every_row():
     assert sum(i.startswith("fid 50k") for i in items) == 2
     train = [r for r in rows if r["item"] == "train"]
     networks = {r["network"] for r in train}
-    assert networks == {f"{n} (tiny)" for n in device_check.NETWORK_NAMES}
+    assert networks == {f"{n} (tiny)" for n in device_setup.NETWORK_NAMES}
     for name in networks:  # every network in every precision mode
         modes = {r["precision"] for r in train if r["network"] == name}
         assert modes == {"f32 highest", "f32 default", "bf16"}

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from benchmarks import quality, quality_specs, quality_table
+from benchmarks import quality, quality_specs, quality_table, tiny
 from cm.io import fileio
 from tests.helpers import ROOT, subprocess_env
 
@@ -249,9 +249,7 @@ def test_record_refuses_other_flags_and_metrics_need_equal_samples(tmp_path):
 # ---------------------------------------------------------------- end to end, tiny
 
 TINY = [
-    "--config.model.channels=8",
-    "--config.model.num_blocks=1",
-    "--config.model.num_groups=4",
+    *tiny.as_flags(tiny.TINY_NETWORK),
     "--config.training.batch_size=8",
     "--config.training.num_steps=2",
     "--config.training.log_every=1",
