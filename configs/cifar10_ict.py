@@ -10,7 +10,7 @@ Prepare the data once (array_record: random access, exact resume), then pass
 
 """
 
-from configs.common import base_config, cifar10_data
+from configs.common import base_config, cifar10_data, ict_recipe
 from configs.variants import parse_variant
 
 
@@ -34,32 +34,14 @@ def get_config(arg=None):
     c.model.encoder_type = "residual"
     c.model.resample_filter = (1, 3, 3, 1)
     c.model.use_labels = False
-    # Full float32 (docs/methods.md section 2, Readings): at N = 1281 the difference between
-    # neighbouring levels is smaller than the rounding noise of TF32 (GPUs' default) above
-    # sigma ~ 5 and of bfloat16 above sigma ~ 0.2 (BENCHMARKS.md, "Precision study"). iCT
-    # released no code; the CIFAR-10 JAX code it builds on sets no precision (TF32 on A100s):
-    # --config.model.matmul_precision=default runs that, faster on GPUs and TPUs.
-    c.model.dtype = "float32"
-    c.model.matmul_precision = "highest"
-
-    c.method.name = "ict"
-    c.method.s0 = 10
-    c.method.s1 = 1280
-    c.method.p_mean = -1.1
-    c.method.p_std = 2.0
-    c.method.distance = "pseudo_huber"
+    ict_recipe(c)  # curriculum, loss, optimizer, float32 (configs/common.py)
     # ln(sigma)/4, as EDM's preconditioning and the CIFAR-10 JAX consistency-model / ECT code
     # feed NCSN++ (docs/methods.md section 1).
     c.method.noise_label = "log_sigma_over_4"
-
-    c.optim.name = "radam"
-    c.optim.learning_rate = 1e-4
 
     c.training.batch_size = 1024
     c.training.num_steps = 400_000
     c.training.ema_rates = (0.99993,)
 
-    c.sampling.num_samples = 50_000
-    c.sampling.batch_size = 1024
     c.sampling.consistency_levels = ((), (0.821,))
     return c

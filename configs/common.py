@@ -249,6 +249,31 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def ict_recipe(c: ml_collections.ConfigDict) -> None:
+    """iCT's training recipe, shared by its CIFAR-10 and ImageNet 64 configs (docs/methods.md
+    section 2): the curriculum s0 = 10 -> s1 = 1280, lognormal (-1.1, 2.0) index law,
+    pseudo-Huber, RAdam 1e-4, 50k samples for FID, in full float32.
+
+    Full float32 (section 2, Readings): at N = 1281 the difference between neighbouring levels
+    is smaller than the rounding noise of TF32 (GPUs' default) above sigma ~ 5 and of bfloat16
+    above sigma ~ 0.2 (BENCHMARKS.md, "Precision study", measured on NCSN++). iCT released no
+    code; the CIFAR-10 JAX code it builds on sets no precision (TF32 on A100s):
+    --config.model.matmul_precision=default runs that, faster on GPUs and TPUs.
+    """
+    c.model.dtype = "float32"
+    c.model.matmul_precision = "highest"
+    c.method.name = "ict"
+    c.method.s0 = 10
+    c.method.s1 = 1280
+    c.method.p_mean = -1.1
+    c.method.p_std = 2.0
+    c.method.distance = "pseudo_huber"
+    c.optim.name = "radam"
+    c.optim.learning_rate = 1e-4
+    c.sampling.num_samples = 50_000
+    c.sampling.batch_size = 1024
+
+
 def image_source() -> ml_collections.ConfigDict:
     """An image dataset description with the fields of c.data, for --mode=encode to read."""
     d = ml_collections.ConfigDict()

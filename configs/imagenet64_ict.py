@@ -11,7 +11,7 @@ Values marked (unverified) come from secondary sources (docs/methods.md); optimi
 are the CIFAR-10 ones.
 """
 
-from configs.common import base_config
+from configs.common import base_config, ict_recipe
 from configs.variants import parse_variant
 
 
@@ -35,29 +35,14 @@ def get_config(arg=None):
     c.model.dropout_max_resolution = 16  # (unverified) dropout only at 16x16 and below
     c.model.embedding = "positional"
     c.model.use_labels = True
-    # Full float32, as configs/cifar10_ict.py (docs/methods.md section 2, Readings: measured on
-    # NCSN++ at the same N = 1281).
-    c.model.dtype = "float32"
-    c.model.matmul_precision = "highest"
-
-    c.method.name = "ict"
-    c.method.s0 = 10
-    c.method.s1 = 1280
-    c.method.p_mean = -1.1
-    c.method.p_std = 2.0
-    c.method.distance = "pseudo_huber"
+    ict_recipe(c)  # curriculum, loss, optimizer, float32 (configs/common.py)
     # 250 ln(sigma), as the PyTorch consistency-model code (openai/consistency_models) feeds
     # its ImageNet 64 ADM (docs/methods.md section 1).
     c.method.noise_label = "250_log_sigma"
-
-    c.optim.name = "radam"
-    c.optim.learning_rate = 1e-4
 
     c.training.batch_size = 4096  # (unverified)
     c.training.num_steps = 800_000  # (unverified)
     c.training.ema_rates = (0.99997,)  # (unverified)
 
-    c.sampling.num_samples = 50_000
-    c.sampling.batch_size = 1024
     c.sampling.consistency_levels = ((), (1.526,))  # 2-step level (unverified)
     return c
