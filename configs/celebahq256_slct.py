@@ -1,6 +1,6 @@
 """sLCT on CelebA-HQ 256 latents (docs/methods.md section 3), and the iLCT baseline (`ilct`).
 
-Encode the images once (the Stable Diffusion VAE, see README "Latent space"), then train:
+Encode the images once (the Stable Diffusion VAE, see docs/workflows.md "Latent space"), then train:
 
     python launch.py --config=configs/celebahq256_slct.py --workdir=W --mode=encode \
         --config.vae.images.path=CELEBAHQ_256_FOLDER --config.data.path=LATENTS.npz

@@ -1,7 +1,7 @@
 """Consistency distillation on CIFAR-10 (docs/methods.md section 8), CM's recipe
 (openai/consistency_models_cifar10 configs/cifar10_ve_cd.py) with a teacher that `cm` can load.
 
-Import an EDM network once (README, "Importing EDM checkpoints"), or train one with
+Import an EDM network once (docs/workflows.md, "Importing EDM checkpoints"), or train one with
 configs/cifar10_edm.py; it is both the frozen teacher and the student's starting point:
 
     python launch.py --config=configs/cifar10_edm.py --workdir=gs://bucket/edm_vp --mode=import

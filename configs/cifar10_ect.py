@@ -1,8 +1,8 @@
 """ECT on CIFAR-10 (docs/methods.md section 8): tune EDM's DDPM++ into a consistency model, as
 locuslab/ect's run_ecm.sh runs it (FID 3.60 at 1 step, 2.11 at 2 steps).
 
-Import EDM's edm-cifar10-32x32-uncond-vp.pkl once (README, "Importing EDM checkpoints"), then
-start from it:
+Import EDM's edm-cifar10-32x32-uncond-vp.pkl once (docs/workflows.md, "Importing EDM
+checkpoints"), then start from it:
 
     python launch.py --config=configs/cifar10_edm.py --workdir=gs://bucket/edm_vp --mode=import
     python launch.py --config=configs/cifar10_ect.py --workdir=gs://bucket/cifar10_ect \

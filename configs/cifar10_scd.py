@@ -2,7 +2,7 @@
 EDM network, after sCM (arXiv 2410.11081); numbers marked "unverified" were not checked
 against the paper's tables.
 
-Import an EDM network once (README, "Importing EDM checkpoints"), or train one with
+Import an EDM network once (docs/workflows.md, "Importing EDM checkpoints"), or train one with
 configs/cifar10_edm.py; it is the frozen teacher and the student's starting point (TrigFlow's
 edm form reuses it exactly, F = -net(x_t / sd, c_noise(sd tan t))):
 

@@ -242,8 +242,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.vae.images = image_source()  # the image dataset --mode=encode reads (fields as c.data)
 
     # --mode=import (docs/methods.md section 8): an NVlabs/edm network snapshot (.pkl) that
-    # becomes the workdir's step-0 checkpoint; the config must describe its network (README,
-    # "Importing EDM checkpoints"). "" = none; the EDM configs name their file in ~/.cache/cm/edm/.
+    # becomes the workdir's step-0 checkpoint; the config must describe its network
+    # (docs/workflows.md, "Importing EDM checkpoints"). "" = none; the EDM configs name their
+    # file in ~/.cache/cm/edm/.
     c.edm_import = ml_collections.ConfigDict()
     c.edm_import.path = ""
     return c

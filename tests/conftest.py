@@ -1,10 +1,36 @@
-"""Test set-up: 4 simulated CPU devices, so every data-parallel path runs as on a real node;
-and `gcs_bucket`, a local Google Cloud Storage emulator for the gs:// tests."""
+"""Test set-up: 4 simulated CPU devices, so every data-parallel path runs as on a real node; one
+persistent compilation cache for the run; and `gcs_bucket`, a local Google Cloud Storage
+emulator for the gs:// tests."""
+
+import os
+import shutil
+import tempfile
 
 import jax
 import pytest
 
+from cm import compile_cache
+
 jax.config.update("jax_num_cpu_devices", 4)
+
+_OWNED_CACHE = pytest.StashKey[str]()  # the cache folder this process made (the controller)
+
+
+def pytest_configure(config):
+    """One JAX compilation cache per test run, shared by the xdist workers (they inherit the
+    controller's environment) and by every launch.py process a test starts: the suite compiles
+    the same tiny programs in many tests, and the cache compiles each once. A new, empty folder
+    per run, so that a run's time is what a fresh machine sees; removed at the end."""
+    if compile_cache.ENV_DIR not in os.environ:
+        os.environ[compile_cache.ENV_DIR] = tempfile.mkdtemp(prefix="cm-tests-jax-cache-")
+        config.stash[_OWNED_CACHE] = os.environ[compile_cache.ENV_DIR]
+    compile_cache.configure(os.environ[compile_cache.ENV_DIR])
+
+
+def pytest_unconfigure(config):
+    owned = config.stash.get(_OWNED_CACHE, None)
+    if owned:
+        shutil.rmtree(owned, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

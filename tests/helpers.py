@@ -53,3 +53,28 @@ def subprocess_env(devices: int = 1):
     env["PYTHONPATH"] = ROOT
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     return env
+
+
+def edm_source(workdir: str, step: int = 3, seed: int = 3):
+    """A tiny EDM run's workdir without training it: random parameters (every EMA the same) saved
+    as the checkpoint at `step` with its config.json, as the method.init_from of the methods
+    that start from a diffusion model. Returns the first EMA (numpy)."""
+    import jax
+    import numpy as np
+
+    from cm import experiment, state
+    from cm.workdir import run_record
+    from cm.workdir.checkpoint import Checkpointer
+
+    c = tiny_config(method__name="edm")
+    exp = experiment.build(c)
+    rng = np.random.default_rng(seed)
+    shapes = experiment.param_shapes(exp, c)  # no network compile
+    params = jax.tree.map(lambda s: (0.1 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
+    st = state.create(params, exp.tx, state.num_emas(c.training), len(c.training.power_ema_stds))
+    st = st.replace(step=st.step + step)
+    ckpt = Checkpointer(workdir, 1)
+    ckpt.save(step, st)
+    ckpt.close()
+    run_record.record_start(workdir, c.to_dict(), 0)
+    return jax.device_get(st.ema[0])

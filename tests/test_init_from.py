@@ -11,10 +11,9 @@ import orbax.checkpoint as ocp
 import pytest
 from helpers import tiny_config
 
-from cm import config_checks, experiment, modes, state, train
+from cm import experiment, modes, state, train
 from cm.workdir import run_record
 from cm.workdir.checkpoint import Checkpointer
-from configs.demo import get_config as demo_config
 
 
 def _leaves(tree):
@@ -109,17 +108,6 @@ def test_a_bad_source_stops_training_before_anything_is_written(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no cm checkpoint"):
         train.train_and_evaluate(c, str(workdir))
     assert not workdir.exists()
-
-
-@pytest.mark.parametrize("name", ["ect", "cd"])
-def test_summary_mode_for_ect_and_cd_on_the_demo_config(source, name, capsys):
-    c = demo_config()
-    c.method.name = name
-    c.method.init_from = source[0]
-    config_checks.check(c, "summary")
-    table = modes.run("summary", c, "unused")
-    assert table.splitlines()[-1].startswith("parameters: ")
-    assert capsys.readouterr().out.strip().splitlines()[-1] == table.splitlines()[-1]
 
 
 def _saved(workdir, step):

@@ -10,6 +10,10 @@ format, as vgg16-397923af.pth and lpips/weights/v0.1/vgg.pth are) and read by ou
 torchvision does not import beside the pinned torch, so the VGG16 stack is spelled out.
 """
 
+import collections
+import dataclasses
+
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +21,7 @@ import pytest
 import torch
 from helpers import tiny_config
 
-from cm import config_checks, experiment, keys, modes, schedules, state, train
+from cm import config_checks, experiment, keys, methods, modes, schedules, state, train
 from cm.methods import cd, losses
 from cm.methods.spec import Denoisers
 from cm.models import lpips, lpips_weights
@@ -376,3 +380,30 @@ def test_cifar10_cd_is_cms_lpips_recipe_and_summary_needs_no_weights(tmp_path):
     config_checks.check(c, "train")  # the files are read when the run starts, not here
     table = modes.summary(c, "unused")
     assert table.splitlines()[-1].startswith("parameters:")
+
+
+def test_a_new_run_resolves_reads_and_traces_once(nets, tmp_path, monkeypatch):
+    """A new CD run with LPIPS from method.init_from: the run resolves its method entry once
+    (experiment.build; the launcher's config checks resolve their own), reads the weight files
+    once, and traces the network's initializer once (the shapes init_from is checked against
+    are the ones it restores into)."""
+    source = str(tmp_path / "edm")
+    helpers.edm_source(source)
+    c = _lpips_cd_config(nets, method__init_from=source)
+    c.training.num_steps = 0
+    calls = collections.Counter()
+
+    def counting(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(methods, "get", counting("get", methods.get))
+    network = losses.NETWORK_DISTANCES["lpips"]
+    counted = dataclasses.replace(network, load=counting("load", network.load))
+    monkeypatch.setitem(losses.NETWORK_DISTANCES, "lpips", counted)
+    monkeypatch.setattr(experiment, "init_params", counting("trace", experiment.init_params))
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+    assert calls == {"get": 1, "load": 1, "trace": 1}

@@ -3,16 +3,15 @@
 step (one compile across the tangent warm-up, w(t) trained, sCD's teacher frozen)
 and the 4-device step equal to 1 device."""
 
+import helpers
 import jax
 import numpy as np
 import pytest
 from helpers import tiny_config
 
-from cm import config_checks, experiment, modes, state, train, train_step
+from cm import config_checks, experiment, train, train_step
 from cm.data import batches, sources
 from cm.methods import sct
-from cm.workdir import run_record
-from cm.workdir.checkpoint import Checkpointer
 from configs import cifar10_meanflow
 from configs.demo import get_config as demo_config
 
@@ -27,36 +26,24 @@ def _equal(a, b):
 
 @pytest.fixture(scope="module")
 def edm_source(tmp_path_factory):
-    """A tiny EDM run's workdir (random parameters, step 3) and its config.json, as sCD's
-    method.init_from; returns (workdir, its first EMA)."""
+    """A tiny EDM run's workdir (random parameters, step 3), as sCD's method.init_from; returns
+    (workdir, its first EMA)."""
     workdir = str(tmp_path_factory.mktemp("edm_source"))
-    c = tiny_config(method__name="edm")
-    exp = experiment.build(c)
-    rng = np.random.default_rng(3)
-    shapes = jax.eval_shape(lambda: experiment.init_params(exp, c))  # no network compile
-    params = jax.tree.map(lambda s: (0.1 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
-    st = state.create(params, exp.tx, state.num_emas(c.training), len(c.training.power_ema_stds))
-    st = st.replace(step=st.step + 3)
-    ckpt = Checkpointer(workdir, 1)
-    ckpt.save(3, st)
-    ckpt.close()
-    run_record.record_start(workdir, c.to_dict(), 0)
-    return workdir, jax.device_get(st.ema[0])
+    return workdir, helpers.edm_source(workdir)
 
 
-@pytest.mark.parametrize("name", ["sct", "scd", "meanflow"])
-def test_summary_mode_on_the_demo_config(edm_source, name, capsys):
-    c = demo_config()
-    c.method.name = name
-    if name == "scd":
-        c.method.init_from, c.method.trig_form = edm_source[0], "edm"
-    config_checks.check(c, "summary")
-    table = modes.run("summary", c, "unused")
-    assert table.splitlines()[-1].startswith("parameters: ")
-    assert capsys.readouterr().out.strip().splitlines()[-1] == table.splitlines()[-1]
-    # MeanFlow's network reads a second time label: its mapping layer reads twice the width.
-    width = [line for line in table.splitlines() if line.startswith("map_layer0")][0].split()[-1]
-    assert (int(width) > 2000) == (name == "meanflow")  # demo: 64 * 2 (or 4) * 256 + 256
+def test_only_meanflow_networks_read_a_second_time_label():
+    """The table entry's second_noise_label reaches the network: on the demo config MeanFlow's
+    mapping layer reads twice the embedding width (--mode=summary of every method is
+    tests/test_method_contract.py's)."""
+    width = {}
+    for name in ("sct", "meanflow", "ict"):
+        c = demo_config()
+        c.method.name = name
+        exp = experiment.build(c)
+        assert exp.model.second_noise_label == (name == "meanflow")
+        width[name] = experiment.param_shapes(exp, c)["map_layer0"]["kernel"].shape[0]
+    assert width["meanflow"] == 2 * width["sct"] == 2 * width["ict"]
 
 
 @pytest.mark.parametrize(
@@ -106,17 +93,6 @@ def test_a_label_with_a_steep_time_tangent_is_warned_about(caplog):
     with caplog.at_level("WARNING"):
         config_checks.check(c, "summary")
     assert "c_noise(t) = t" not in caplog.text
-
-
-@pytest.mark.parametrize("name", ["sct", "meanflow"])
-def test_samplers_are_named_by_steps_and_draw_finite_images(name):
-    c = tiny_config(method__name=name)
-    exp = experiment.build(c)
-    params = experiment.init_params(exp, c)
-    fns = experiment.samplers(c, exp)
-    assert set(fns) == {"1step", "2step"}
-    images, _ = fns["2step"](params, jax.random.key(0), 8)
-    assert images.shape == (8, 8, 8, 1) and bool(np.isfinite(np.asarray(images)).all())
 
 
 def _run(config, devices, steps):

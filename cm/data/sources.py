@@ -1,4 +1,4 @@
-"""Training images: where they come from, which ones form the batch at a step, and prefetching.
+"""Training images: where they come from (the batch at a step is cm/data/batches.py's).
 
 Sources (`config.data.name`, one loader each in `LOADERS`):
   digits  scikit-learn's 8x8 digits with labels, shipped inside scikit-learn, so the demo
@@ -15,11 +15,7 @@ Sources (`config.data.name`, one loader each in `LOADERS`):
 Files are read through cm/io/fileio.py, so data.path may be local or on a bucket (gs://).
 
 Every source is random access (`Source.get(indices)`), so the order of the data is ours to
-choose: the batch at training step `step` is a pure function of (seed, step) built from one
-permutation per epoch (`global_batch_indices`). Resuming a run needs no saved iterator: the
-data state IS the step. Each of the P processes takes its contiguous B/P rows of that global
-batch, and the flip decisions depend on the global row, so the global batch does not depend
-on how many processes read it.
+choose: cm/data/batches.py makes the batch at a step a pure function of (seed, step).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from cm import experiment
 from cm.models import build_model
 from cm.models.embeddings import MAX_POSITIONS
 
-# Published NVlabs/edm snapshots -> the config that describes each (README, "Importing EDM
-# checkpoints"). The ECT recipe starts from edm-cifar10-32x32-uncond-vp.pkl.
+# Published NVlabs/edm snapshots -> the config that describes each (docs/workflows.md,
+# "Importing EDM checkpoints"). The ECT recipe starts from edm-cifar10-32x32-uncond-vp.pkl.
 PUBLISHED = {
     "edm-cifar10-32x32-uncond-vp.pkl": "configs/cifar10_edm.py",
     "edm-cifar10-32x32-cond-vp.pkl": "configs/cifar10_edm.py:cond",

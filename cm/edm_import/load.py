@@ -63,14 +63,14 @@ def read_network(path: str) -> EdmNetwork:
     file that is not such a pickle, and a pickle without an EMA network."""
     if not str(path):
         raise ValueError(
-            "edm_import.path is empty; download an NVlabs/edm snapshot (README, 'Importing EDM "
-            "checkpoints') and pass --config.edm_import.path=FILE."
+            "edm_import.path is empty; download an NVlabs/edm snapshot (docs/workflows.md, "
+            "'Importing EDM checkpoints') and pass --config.edm_import.path=FILE."
         )
     p = fileio.path(path)
     if not fileio.is_file(p):
         raise FileNotFoundError(
-            f"The EDM snapshot edm_import.path={path!r} does not exist; download it (README, "
-            "'Importing EDM checkpoints') to ~/.cache/cm/edm/ or pass "
+            f"The EDM snapshot edm_import.path={path!r} does not exist; download it "
+            "(docs/workflows.md, 'Importing EDM checkpoints') to ~/.cache/cm/edm/ or pass "
             "--config.edm_import.path=FILE."
         )
     source = str(p)

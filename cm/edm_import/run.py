@@ -5,9 +5,10 @@ workdir/checkpoints/0   the full train state: params = the file's EMA network, e
 workdir/config.json     the import's config (cm/workdir/run_record.py), like a run that began here
 workdir/import.json     provenance: source path, sha256, EDM's class names and arguments
 
-The config must describe the file's network (architecture.py; README lists the config for each
-published file), so `--mode=sample`, `--mode=eval` and `--mode=train` (EDM fine-tuning) with the
-same config read the workdir as any run, and other methods start from it (method.init_from).
+The config must describe the file's network (architecture.py; docs/workflows.md lists the
+config for each published file), so `--mode=sample`, `--mode=eval` and `--mode=train` (EDM
+fine-tuning) with the same config read the workdir as any run, and other methods start from
+it (method.init_from).
 Everything that can refuse the import is checked before the workdir is written.
 """
 
