@@ -13,9 +13,11 @@ Prepare the data once (array_record: random access, exact resume), then pass
 from configs.common import base_config, cifar10_data, ict_recipe
 from configs.variants import parse_variant
 
+VARIANTS = ("deep",)  # iCT-deep: twice the residual blocks
+
 
 def get_config(arg=None):
-    variant = parse_variant(__file__, arg, ("deep",))
+    variant = parse_variant(__file__, arg, VARIANTS)
     c = base_config()
     cifar10_data(c)
     c.data.num_classes = 10

@@ -23,9 +23,11 @@ from configs import cifar10_edm
 from configs.common import base_config, cifar10_data
 from configs.variants import parse_variant
 
+VARIANTS = ()  # no variants besides the default
+
 
 def get_config(arg=None):
-    parse_variant(__file__, arg)
+    parse_variant(__file__, arg, VARIANTS)
     c = base_config()
     cifar10_data(c)
     c.data.num_classes = 0  # unconditional

@@ -22,11 +22,13 @@ match that network.
 from configs import cifar10_edm, cifar10_sct
 from configs.variants import parse_variant
 
+VARIANTS = ()  # no variants besides the default
+
 
 def get_config(arg=None):
     """cifar10_sct's data, time law, tangent, weighting, optimizer, training and samplers; the
     teacher's conditional DDPM++ network and the EDM form of F in place of sCT's NCSN++."""
-    parse_variant(__file__, arg)
+    parse_variant(__file__, arg, VARIANTS)
     c = cifar10_sct.get_config()
     c.data.num_classes = 10
 

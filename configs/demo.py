@@ -6,9 +6,11 @@ python launch.py --config=configs/demo.py --workdir=runs/demo
 from configs.common import base_config
 from configs.variants import parse_variant
 
+VARIANTS = ()  # no variants besides the default
+
 
 def get_config(arg=None):
-    parse_variant(__file__, arg)
+    parse_variant(__file__, arg, VARIANTS)
     c = base_config()
     c.data.name = "digits"
     c.data.image_size = 8

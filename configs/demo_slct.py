@@ -16,11 +16,11 @@ the rate the ablation in BENCHMARKS.md was measured with (before the demo's issu
 from configs import demo
 from configs.variants import parse_variant
 
-ABLATIONS = ("no_cauchy", "no_diffusion", "no_ot", "groupnorm")
+VARIANTS = ("no_cauchy", "no_diffusion", "no_ot", "groupnorm")
 
 
 def get_config(arg=None):
-    arg = parse_variant(__file__, arg, ABLATIONS)
+    arg = parse_variant(__file__, arg, VARIANTS)
     c = demo.get_config()
     c.method.s1 = 640
     c.training.ema_rates = (0.999,)  # as measured in BENCHMARKS.md (sLCT ablation)

@@ -18,9 +18,11 @@ center-cropped images (its dataset_tool), where the tfds dataset below is box-re
 from configs.common import base_config
 from configs.variants import parse_variant
 
+VARIANTS = ()  # no variants besides the default
+
 
 def get_config(arg=None):
-    parse_variant(__file__, arg)
+    parse_variant(__file__, arg, VARIANTS)
     c = base_config()
     c.data.name = "tfds"
     c.data.tfds_name = "imagenet_resized/64x64"

@@ -15,6 +15,7 @@ from helpers import launch_cmd, subprocess_env, tiny_config
 from PIL import Image
 
 from cm import config_checks, methods
+from configs import variants
 
 MODES = ("train", "sample", "eval", "fid_stats", "summary", "encode", "lcsc")
 
@@ -187,26 +188,15 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, case):
 
 # --- config_checks in-process --------------------------------------------------------------
 
-SHIPPED = (
-    "demo",
-    "demo_slct",
-    "demo_slct:no_cauchy",
-    "demo_slct:no_diffusion",
-    "demo_slct:no_ot",
-    "demo_slct:groupnorm",
-    "cifar10_ict",
-    "cifar10_ict:deep",
-    "cifar10_edm",
-    "imagenet64_ict",
-    "celebahq256_slct",
-    "celebahq256_slct:ilct",
-)
+SHIPPED = variants.specs()  # every config file and variant in configs/
 
 
 @pytest.mark.parametrize("spec", SHIPPED)
 def test_every_shipped_config_passes_every_mode(spec):
     name, _, arg = spec.partition(":")
     config = importlib.import_module(f"configs.{name}").get_config(*([arg] if arg else []))
+    if methods.get(config.method.name).requires_init_from:
+        config.method.init_from = "gs://bucket/edm_run"  # the checks want a source named
     for mode in (*MODES, "no_such_mode"):
         config_checks.check(config, mode)
 
