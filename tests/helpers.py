@@ -48,7 +48,10 @@ def launch_cmd(workdir, *args, config="configs/demo.py"):
 
 def subprocess_env(devices: int = 1):
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # the test run's XLA flags (tests/conftest.py: the fast-compiling backend), and `devices`
+    env["XLA_FLAGS"] = (
+        f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    ).strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = ROOT
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
