@@ -6,8 +6,8 @@ of the flat layout: from its checkout, for name in ("ict", "sct"), tests/helpers
 method__name=name) with model.channel_mult = (1,), training.num_steps = 2, checkpoint_every =
 2, snapshot_every = 0, power_ema_stds = (), trained by cm.modes.run("train", config, workdir)
 on 4 CPU devices with XLA_FLAGS=--xla_backend_optimization_level=0 (as tests/conftest.py sets
-both); the TensorBoard event files were removed (0.6 MB in all). ict has the plain TrainState, sct the MethodTrainState with
-sCM's weighting as auxiliary parameters.
+both); the TensorBoard event files were removed (0.6 MB in all). ict has the plain TrainState,
+sct the MethodTrainState with sCM's weighting as auxiliary parameters.
 """
 
 import pathlib
