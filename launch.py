@@ -59,7 +59,11 @@ def _finish_distributed():
 
 
 def _hide_accelerators_from_tensorflow():
-    """TensorFlow (used by tfds and TensorBoard writers) must not grab GPU or TPU memory."""
+    """TensorFlow (used by tfds and TensorBoard writers) must not grab GPU or TPU memory. With
+    JAX held to the CPU (JAX_PLATFORMS=cpu) there is no accelerator memory of JAX's to protect,
+    and TensorFlow's import (about 3 s) waits until something uses it."""
+    if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+        return
     try:
         import tensorflow as tf
 

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 from orbax.checkpoint import multihost as ocp_multihost
 
 from cm import experiment, sampling, state
@@ -90,6 +89,10 @@ def _train(config, workdir: str, source, exp: experiment.Experiment, frozen, sha
         train_state = experiment.init_state(exp, config, frozen, shapes)
     start = int(train_state.step)
     run_record.record_start(workdir, config.to_dict(), start)
+
+    # clu's writers import TensorFlow (about 3 s): here, so that the other modes and the runs
+    # refused before training never pay it.
+    from clu import metric_writers, periodic_actions
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if start == 0:

@@ -10,7 +10,6 @@ import json
 
 import jax
 import numpy as np
-from clu import metric_writers
 
 from cm import experiment, sampling
 from cm.data import latent_data
@@ -50,6 +49,8 @@ def evaluate(config, workdir: str, exp, params, step: int) -> dict:
             images.save_png(out_dir / f"{name}_step{step:08d}.png", grid, upscale)
         print(format_results(results))
         print(f"Wrote {path}")
+    from clu import metric_writers  # imports TensorFlow (about 3 s): only when writing
+
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     writer.write_scalars(step, scalars(results))
     writer.write_images(step, {f"eval/{k}": v[None] for k, v in grids.items()})
