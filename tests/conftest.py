@@ -36,13 +36,6 @@ def pytest_configure(config):
     compile_cache.configure(os.environ[compile_cache.ENV_DIR])
 
 
-def pytest_collection_modifyitems(config, items):
-    """The tests marked slow first, in their order: with two workers the long ones start early
-    and the many short ones fill in at the end, instead of one worker idling while the other
-    finishes a long test (the longest-first rule of scheduling)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 def pytest_unconfigure(config):
     owned = config.stash.get(_OWNED_CACHE, None)
     if owned:
