@@ -27,6 +27,7 @@ def _saved_params(workdir, step):
 @pytest.mark.slow
 def test_train_writes_checkpoints_snapshots_grids_and_logs(tmp_path):
     c = tiny_config()
+    c.training.snapshot_every = 1
     c.training.sample_every = 2
     c.training.power_ema_stds = (0.10,)
     state = train.train_and_evaluate(c, str(tmp_path))
