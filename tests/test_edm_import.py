@@ -209,7 +209,7 @@ def write_tiny(tmp_path, name: str, source: str, edit=None) -> tuple[pathlib.Pat
 
 def flax_shapes(config):
     exp = experiment.build(config)
-    return jax.eval_shape(lambda: experiment.init_params(exp, config))
+    return experiment.param_shapes(exp, config)
 
 
 # --- Reading ---------------------------------------------------------------------------------

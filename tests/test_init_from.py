@@ -34,7 +34,7 @@ def source(tmp_path_factory):
     c.training.ema_rates = (0.999, 0.9999)  # two EMAs: the first one is read
     exp = experiment.build(c)
     rng = np.random.default_rng(7)
-    shapes = jax.eval_shape(lambda: experiment.init_params(exp, c))  # no network compile
+    shapes = experiment.param_shapes(exp, c)  # no network compile
     params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
     st = state.create(params, exp.tx, state.num_emas(c.training), len(c.training.power_ema_stds))
     emas = tuple(jax.tree.map(lambda p, k=k: p + k, st.params) for k in (1.0, 2.0))

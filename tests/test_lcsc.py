@@ -345,7 +345,7 @@ def run(tmp_path_factory):
     c.lcsc.ema_rates = (0.5,)
     c.lcsc.posthoc_stds = (0.075,)
     exp = experiment.build(c)
-    shapes = jax.eval_shape(lambda: experiment.init_params(exp, c))
+    shapes = experiment.param_shapes(exp, c)
     rng = np.random.default_rng(0)
 
     def tree():

@@ -50,7 +50,7 @@ def test_training_step_and_samplers_carry_the_configured_precision(setting):
     assert len(found) > 50, found
     assert {p for _, p in found} == {EXPECTED[setting]}, {str(p) for _, p in found}
 
-    params = jax.eval_shape(lambda: experiment.init_params(exp, config))
+    params = experiment.param_shapes(exp, config)
     labels = jax.ShapeDtypeStruct((4,), jnp.int32)
     for kind, build in (
         ("consistency", sampling.consistency_from_config),
