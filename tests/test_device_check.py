@@ -68,7 +68,7 @@ def test_tiny_overrides_copy_the_config_and_render_as_flags():
     assert (config.model.channels, config.model.head.width) == (128, 4)  # left alone
     assert tiny.as_flags(tiny.TINY_NETWORK) == [
         "--config.model.channels=8",
-        "--config.model.channel_mult=(1,2)",
+        "--config.model.channel_mult=(1,)",
         "--config.model.num_blocks=1",
         "--config.model.num_groups=4",
     ]
