@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 from cm import experiment, latents
 from cm.data import latent_data, sources
-from cm.io import fileio
+from cm.io import fileio, progress
 from cm.models import vae_weights
 
 
@@ -116,15 +116,17 @@ def encode(config, workdir: str):
     n, part = len(source), config.vae.part_images
     parts_dir = _parts_dir(config)
     _prepare_parts(parts_dir, _encode_settings(config, n))
+    # a bar on a terminal, a line every ~10 % in a log file; parts saved earlier count as done
+    report = progress.reporter("encode", "images") if jax.process_index() == 0 else _quiet
     for start in range(0, n, part):
         stop = min(start + part, n)
         path = _part_path(parts_dir, start, stop)
         if not fileio.is_file(path):
-            z, labels = _encode_range(source, encoder, params, mesh, start, stop, batch, n)
+            z, labels = _encode_range(source, encoder, params, mesh, start, stop, batch, n, report)
             if jax.process_index() == 0:
                 fileio.save_npz_atomic(path, latents=z, labels=labels)
         else:
-            _report(stop, n)
+            report(stop, n)
     multihost_utils.sync_global_devices("cm.latents.parts_written")
     if jax.process_index() == 0:
         z, labels = _read_parts(parts_dir, n, part)
@@ -136,7 +138,7 @@ def encode(config, workdir: str):
     return out
 
 
-def _encode_range(source, encoder, params, mesh, start, stop, batch: int, n: int):
+def _encode_range(source, encoder, params, mesh, start, stop, batch: int, n: int, report):
     """Latents float32 [stop - start, h, w, c] and labels of images [start, stop)."""
     p, count = jax.process_index(), jax.process_count()
     local = batch // count
@@ -158,7 +160,7 @@ def _encode_range(source, encoder, params, mesh, start, stop, batch: int, n: int
         keep = min(batch, stop - first)
         zs.append(np.asarray(z)[:keep])
         ys.append(np.asarray(y)[:keep])
-        _report(first + keep, n)
+        report(first + keep, n)
     return np.concatenate(zs), np.concatenate(ys)
 
 
@@ -171,6 +173,5 @@ def _read_parts(parts_dir: str, n: int, part: int):
     return np.concatenate(zs), np.concatenate(ys)
 
 
-def _report(done: int, total: int):
-    if jax.process_index() == 0:
-        print(f"\rencode: {done}/{total} images", end="\n" if done >= total else "", flush=True)
+def _quiet(done: int, total: int):
+    """The progress report of the processes other than 0: nothing."""

@@ -6,7 +6,7 @@ from absl import logging
 from cm import compile_cache, encode, experiment, sampling, state, train
 from cm.edm_import import run as edm_import
 from cm.evaluation import run as evaluation
-from cm.io import fileio, images
+from cm.io import fileio, images, progress
 from cm.lcsc import run as lcsc_run
 from cm.models import param_table
 from cm.workdir import run_record
@@ -72,10 +72,8 @@ def fid_stats(config, workdir: str):
 
 
 def _progress_printer(name: str):
-    def report(done: int, total: int):
-        print(f"\r{name}: {done}/{total} samples", end="\n" if done >= total else "", flush=True)
-
-    return report
+    """A bar on a terminal, a line every ~10 % in a log file (cm/io/progress.py)."""
+    return progress.reporter(name, "samples")
 
 
 def lcsc(config, workdir: str):

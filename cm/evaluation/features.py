@@ -16,6 +16,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from cm.io import progress
+
 
 def global_batch_size(requested: int, num_devices: int) -> int:
     """`requested` rounded up to a multiple of the device count."""
@@ -79,11 +81,8 @@ def array_reader(images: np.ndarray) -> Callable:
 
 
 def progress_printer(label: str) -> Callable | None:
-    """Prints '\\r<label>: done/total images' on process 0 (None elsewhere)."""
+    """report(done, total) on process 0, a bar on a terminal and a line every ~10 % in a log
+    file (cm/io/progress.py); None elsewhere."""
     if jax.process_index() != 0:
         return None
-
-    def report(done: int, total: int):
-        print(f"\r{label}: {done}/{total} images", end="\n" if done >= total else "", flush=True)
-
-    return report
+    return progress.reporter(label, "images")
