@@ -173,7 +173,8 @@ def abstract_state(exp: Experiment, config):
 
 def samplers(config, exp: Experiment) -> dict:
     """Named data-parallel samplers of the run's method (its entry's sampler kind): e.g.
-    consistency 1/2-step, or EDM Heun.
+    consistency 1/2-step, or EDM Heun. Each calls the denoiser clipped between steps as the
+    method's switch says (sampling.sample_denoiser).
 
     On latent data (data.name = "latents") each sampler decodes its latents with the VAE and
     returns images (cm/latents.py); this is the one place where latents become images.
@@ -181,9 +182,10 @@ def samplers(config, exp: Experiment) -> dict:
     shape, classes = image_shape(config), num_label_classes(config)
     decoding = latents.LatentDecoding(config, exp.mesh) if config.data.name == "latents" else None
     kind = exp.method.sampler
+    denoise = sampling.sample_denoiser(config, exp.method.clip_denoised, exp.denoise)
     out = {}
     for name, levels in kind.names(config).items():
-        sample_fn = kind.build(config, exp.denoise, levels)
+        sample_fn = kind.build(config, denoise, levels)
         if decoding:
             sample_fn = decoding.per_device(sample_fn)
         parallel = sampling.make_parallel_sampler(sample_fn, exp.mesh, shape, classes)

@@ -2,6 +2,12 @@
 
 The per-device samplers are pure functions of (params, key, labels); `make_parallel_sampler`
 runs one over the 'data' mesh axis with `jax.shard_map`, each device with its own key.
+
+Clipping between steps (docs/methods.md section 8, "Clipping between sampling steps"): both
+consistency-model codes (CM's CIFAR-10 notebook and `openai/consistency_models`'
+`clip_denoised`) clip every x0 estimate to the pixel range before re-noising it; ECT's sampler
+does not. `sample_denoiser` applies a method's switch (its table entry's `clip_denoised`) to the
+denoiser every sampler of the run calls, so the clip acts on each estimate, the last included.
 """
 
 import functools
@@ -15,20 +21,57 @@ from jax.sharding import PartitionSpec as P
 
 from cm import keys, schedules
 
+# The range of pixel data (cm/data/batches.py maps uint8 images to it); latents have none.
+PIXEL_RANGE = (-1.0, 1.0)
 
-def consistency_sample(denoise, params, rng, labels, shape, *, sigma_min, sigma_max, levels):
-    """x = f(smax z, smax); then for each t in levels: x = f(x + sqrt(t^2 - smin^2) z', t).
 
-    shape: (B, H, W, C); labels: [B] or None; levels: decreasing noise levels after step one.
+def clip_range(config) -> tuple | None:
+    """The range an x0 estimate of the run's data lies in: PIXEL_RANGE, or None for standardized
+    latents (data.name = "latents", unbounded; sLCT's code samples them unclipped)."""
+    return None if config.data.name == "latents" else PIXEL_RANGE
+
+
+def clipped(denoise, lo: float, hi: float):
+    """`denoise` with its output, the x0 estimate [B, H, W, C], clipped to [lo, hi]."""
+
+    def clipped_denoise(*args, **kwargs):
+        return jnp.clip(denoise(*args, **kwargs), lo, hi)
+
+    return clipped_denoise
+
+
+def sample_denoiser(config, clip_denoised, denoise):
+    """The denoiser the run's samplers call: `denoise`, clipped to the data range when the
+    method's switch `clip_denoised` (its table entry's: config -> bool, or None for samplers
+    without an x0 estimate to re-noise) is on and the data has a range (clip_range)."""
+    bounds = clip_range(config)
+    if clip_denoised is None or bounds is None or not clip_denoised(config):
+        return denoise
+    return clipped(denoise, *bounds)
+
+
+def consistency_steps(denoise, params, labels, noises, *, sigma_min, sigma_max, levels):
+    """x = f(smax z_0, smax); then for each t in levels: x = f(x + sqrt(t^2 - smin^2) z_i, t).
+
+    noises: len(levels) + 1 standard normal arrays [B, H, W, C] (z_0, z_1, ...); labels: [B] or
+    None; levels: decreasing noise levels after step one. Returns the last x [B, H, W, C].
     """
-    keys = jax.random.split(rng, len(levels) + 1)
-    b = shape[0]
-    x = sigma_max * jax.random.normal(keys[0], shape)
-    x = denoise(params, x, jnp.full((b,), sigma_max), labels)
-    for t, key in zip(levels, keys[1:], strict=True):
-        x = x + np.sqrt(t**2 - sigma_min**2) * jax.random.normal(key, shape)
+    b = noises[0].shape[0]
+    x = denoise(params, sigma_max * noises[0], jnp.full((b,), sigma_max), labels)
+    for t, z in zip(levels, noises[1:], strict=True):
+        x = x + np.sqrt(t**2 - sigma_min**2) * z
         x = denoise(params, x, jnp.full((b,), t), labels)
     return x
+
+
+def consistency_sample(denoise, params, rng, labels, shape, *, sigma_min, sigma_max, levels):
+    """consistency_steps with z_i = normal(split(rng, len(levels) + 1)[i]) of `shape`
+    (B, H, W, C); labels: [B] or None."""
+    keys = jax.random.split(rng, len(levels) + 1)
+    noises = [jax.random.normal(key, shape) for key in keys]
+    return consistency_steps(
+        denoise, params, labels, noises, sigma_min=sigma_min, sigma_max=sigma_max, levels=levels
+    )
 
 
 def heun_sample(

@@ -30,7 +30,9 @@ CM's recipe: N = 18, Heun, uniform weighting, the stop-gradient student as targe
 "consistency" loss of jcm passes no target parameters: mu = 0), batch 512, 800k steps, RAdam
 4e-4 without warm-up (jcm's RAdam branch applies no schedule) or clipping, EMA 0.9999, dropout 0,
 the student initialized from the teacher, LPIPS on images upsampled to 224 with VGG16's max
-pooling (jcm's LPIPS port). One reading (docs/methods.md section 8): CM's teacher was its own
+pooling (jcm's LPIPS port); the 2-step sampler of CM's notebook (editing_multistep_sampling.ipynb:
+ts = [0, 11, 17] on the N = 18 grid, level 0.5853481), clipping each x0 estimate to [-1, 1]
+before re-noising it. One reading (docs/methods.md section 8): CM's teacher was its own
 NCSN++ EDM; here the network is configs/cifar10_edm.py's DDPM++ (the imported
 edm-cifar10-32x32-uncond-vp.pkl, as ECT's), whose weights method.init_from must match.
 """
@@ -85,5 +87,9 @@ def get_config(arg=None):
 
     c.sampling.num_samples = 50_000
     c.sampling.batch_size = 1024
-    c.sampling.consistency_levels = ((), (0.821,))
+    # CM's notebook samples its CIFAR-10 CD model with ts = [0, 11, 17] on the N = 18 Karras grid
+    # counted from sigma_max: t_11 = (80^(1/7) + 11/17 (0.002^(1/7) - 80^(1/7)))^7 = 0.5853481
+    # (iCT's 0.821 is a level of another grid).
+    c.sampling.consistency_levels = ((), (0.5853481,))
+    c.method.cd_clip_denoised = True  # the notebook clips each x0 estimate to [-1, 1]
     return c

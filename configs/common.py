@@ -57,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.remat = False
 
     c.method = ml_collections.ConfigDict()
-    # ict | edm | ect | cd | sct | scd | meanflow (the method table: cm/methods/table.py)
+    # ict | edm | trigflow | ect | cd | sct | scd | meanflow (the table: cm/methods/table.py)
     c.method.name = "ict"
     c.method.sigma_min = 0.002
     c.method.sigma_max = 80.0
@@ -69,7 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.method.noise_label = "log_sigma_over_4"
     c.method.p_mean = -1.1  # iCT index distribution (EDM training uses -1.2)
     c.method.p_std = 2.0  # iCT index distribution (EDM training uses 1.2)
-    c.method.distance = "pseudo_huber"  # pseudo_huber | l2 | cauchy | pseudo_huber_lct | lpips (cd)
+    # pseudo_huber | l2_norm | l1 | l2 (jcm's: means over elements) | cauchy | pseudo_huber_lct
+    # | lpips (cd); cm/methods/losses.py.
+    c.method.distance = "pseudo_huber"
     c.method.huber_c_factor = 0.00054  # c = factor * sqrt(d)
     # Start a new run from another run's network (cm/workdir/init_from.py): a cm workdir (its
     # newest committed checkpoint) or <workdir>/checkpoints/<step>; its parameters become the

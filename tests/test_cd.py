@@ -1,6 +1,7 @@
 """CD (docs/methods.md section 8): the teacher's Heun step, the pair of levels, shared dropout,
 no gradient through teacher or target, the target EMA, and the step with extra state."""
 
+import importlib
 import math
 
 import jax
@@ -20,7 +21,7 @@ CD = dict(
     sigma_min=0.002,
     sigma_max=80.0,
     rho=7.0,
-    distance=losses.get_distance("l2", tiny_config(method__name="cd")),  # fn(a, b, c, extra)
+    distance=losses.get_distance("l2_norm", tiny_config(method__name="cd")),  # fn(a, b, c, extra)
     c_factor=0.0,
     target_ema=0.0,
 )
@@ -147,11 +148,11 @@ def test_no_gradient_through_teacher_or_target(mu):
     hi, lo = jnp.asarray(t_hi, jnp.float32), jnp.asarray(t_lo, jnp.float32)
     target_params = extra.get("target", w)
     target = _net(target_params, x_lo, lo, None, True, None)
-    frozen = lambda p: jnp.mean(losses.l2(_net(p, x_hi, hi, None, True, None), target))
+    frozen = lambda p: jnp.mean(losses.l2_norm(_net(p, x_hi, hi, None, True, None), target))
     np.testing.assert_allclose(grad, jax.grad(frozen)(w)["w"], rtol=1e-4)
     if mu == 0:
         both = lambda p: jnp.mean(
-            losses.l2(_net(p, x_hi, hi, None, True, None), _net(p, x_lo, lo, None, True, None))
+            losses.l2_norm(_net(p, x_hi, hi, None, True, None), _net(p, x_lo, lo, None, True, None))
         )
         assert abs(float(jax.grad(both)(w)["w"]) - float(grad)) > 1e-3
     extra_grad = jax.grad(loss_of, argnums=1)(w, extra)
@@ -224,5 +225,24 @@ def test_cifar10_cd_config_is_cms_recipe():
     assert (t.batch_size, t.num_steps, t.ema_rates) == (512, 800_000, (0.9999,))
     assert (o.name, o.learning_rate, o.warmup_steps, o.grad_clip) == ("radam", 4e-4, 0, 0)
     assert c.model.dropout == 0.0 and m.noise_label == "log_sigma_over_4"
+    assert m.cd_clip_denoised  # the notebook clips each x0 estimate before re-noising
     c.method.init_from = "/teacher"
     config_checks.check(c, "train")
+
+
+# The two-step level of each CD config: CM's notebook samples its CIFAR-10 CD model with
+# ts = [0, 11, 17] on the N = 18 grid counted down from sigma_max (jcm's t_i = (smax^(1/7) +
+# i / 17 (smin^(1/7) - smax^(1/7)))^7): t_11 = 0.5853481, not iCT's 0.821.
+CD_TWO_STEP_LEVELS = {"cifar10_cd": 0.5853481}
+
+
+@pytest.mark.parametrize("name", sorted(CD_TWO_STEP_LEVELS))
+def test_two_step_level_of_each_cd_config(name):
+    c = importlib.import_module(f"configs.{name}").get_config()
+    assert c.method.name == "cd"
+    assert c.sampling.consistency_levels == ((), (CD_TWO_STEP_LEVELS[name],))
+    # By hand: 80^(1/7) = 1.8701223, 0.002^(1/7) = 0.4115597; 1.8701223 + 11/17 (0.4115597 -
+    # 1.8701223) = 0.9263465; 0.9263465^7 = 0.5853481. On cm's increasing grid it is index 6.
+    n = c.method.cd_num_scales
+    grid = schedules.karras_sigmas(n, c.method.sigma_min, c.method.sigma_max, c.method.rho, n)
+    np.testing.assert_allclose(float(grid[n - 1 - 11]), 0.5853481, rtol=1e-6)

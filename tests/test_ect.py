@@ -21,7 +21,7 @@ ECT = dict(
     k=8.0,
     b=1.0,
     double_steps=25_000,
-    distance=losses.l2,
+    distance=losses.l2_norm,
     c_factor=0.0,
 )
 
@@ -137,10 +137,10 @@ def test_no_gradient_flows_through_the_teacher():
     teacher = net(w, x_r, r32, None, True, None)
 
     def student_only(p):
-        return jnp.mean(losses.l2(net(p, x_t, t32, None, True, None), teacher) / (t32 - r32))
+        return jnp.mean(losses.l2_norm(net(p, x_t, t32, None, True, None), teacher) / (t32 - r32))
 
     def both(p):
-        d = losses.l2(net(p, x_t, t32, None, True, None), net(p, x_r, r32, None, True, None))
+        d = losses.l2_norm(net(p, x_t, t32, None, True, None), net(p, x_r, r32, None, True, None))
         return jnp.mean(d / (t32 - r32))
 
     grad = jax.grad(loss_of)(w)["w"]
@@ -176,12 +176,32 @@ def test_cifar10_ect_config_is_the_authors_recipe():
     c = cifar10_ect.get_config()
     m, t = c.method, c.training
     assert (m.name, m.p_mean, m.p_std, m.ect_q, m.ect_k, m.ect_b) == ("ect", -1.1, 2.0, 2, 8, 1)
-    assert (m.distance, m.noise_label, m.sigma_min) == ("l2", "log_sigma_over_4", 0.003)
+    assert (m.distance, m.noise_label, m.sigma_min) == ("l2_norm", "log_sigma_over_4", 0.003)
+    assert not m.ect_clip_denoised  # generator_fn re-noises the raw estimate
     assert m.ect_double_images // t.batch_size == 25_000  # 250 ticks x 12.8 kimg / 128
     assert (t.batch_size, t.num_steps, t.ema_rates) == (128, 200_000, (0.9999,))  # 25.6 Mimg
     assert (c.optim.name, c.optim.learning_rate, c.model.dropout) == ("radam", 1e-4, 0.2)
     assert c.augment.p == 0 and not c.data.random_flip and c.model.augment_dim == 9
     assert c.sampling.consistency_levels == ((), (0.821,))
+    config_checks.check(c, "train")
+
+
+@pytest.mark.parametrize(
+    "variant,steps,images",
+    [
+        ("", 200_000, 25_600_000),  # run_ecm.sh: --duration=25.6 Mimg, a stage every 3.2 Mimg
+        ("400k", 400_000, 51_200_000),  # README's 400k row; 6.4 Mimg a stage (our inference)
+    ],
+)
+def test_cifar10_ect_variants_total_images_and_stages(variant, steps, images):
+    """Both runs have 8 stages (stage 0 to 7 at the last step) at batch 128."""
+    c = cifar10_ect.get_config(variant)
+    batch = c.training.batch_size
+    assert (batch, c.training.num_steps, c.training.num_steps * batch) == (128, steps, images)
+    double_steps = c.method.ect_double_images // batch  # the objective's stage interval
+    assert double_steps * batch == c.method.ect_double_images  # a whole number of steps
+    assert int(ect.ect_stage(c.training.num_steps - 1, double_steps)) + 1 == 8
+    assert int(ect.ect_stage(double_steps, double_steps)) == 1  # the first doubling
     config_checks.check(c, "train")
 
 

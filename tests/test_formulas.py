@@ -1,4 +1,5 @@
-"""The formulas of docs/methods.md sections 1, 2 and 5, pinned against hand-computed values."""
+"""The formulas of docs/methods.md sections 1, 2 and 5 and the distances of section 8, pinned
+against hand-computed values."""
 
 import math
 
@@ -6,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_config
 from scipy.special import erf
 
 from cm import precond, schedules, state
@@ -97,7 +99,21 @@ def test_pseudo_huber_whole_vector_not_elementwise():
     np.testing.assert_allclose(losses.pseudo_huber(a, b, c), [math.sqrt(25.25) - 0.5], rtol=1e-6)
     elementwise = (math.sqrt(9 + 0.25) - 0.5) + (math.sqrt(16 + 0.25) - 0.5)
     assert abs(float(losses.pseudo_huber(a, b, c)[0]) - elementwise) > 1e-2
-    np.testing.assert_allclose(losses.l2(a, b), [5.0])
+    np.testing.assert_allclose(losses.l2_norm(a, b), [5.0])
+
+
+def test_distances_by_name_by_hand():
+    """jcm's "l1" and "l2" are means over the elements; "l2_norm" is the Euclidean norm (ECT's
+    c = 0). Two samples of d = 4: differences (3, -4, 0, 1) and (1, 1, 1, -1)."""
+    a = jnp.array([[[[3.0], [-4.0]], [[0.0], [1.0]]], [[[1.0], [1.0]], [[1.0], [-1.0]]]])
+    b = jnp.zeros_like(a)
+    by_name = {name: losses.get_distance(name)(a, b, 0.5) for name in ("l1", "l2", "l2_norm")}
+    np.testing.assert_allclose(by_name["l1"], [8 / 4, 4 / 4])  # (3 + 4 + 0 + 1) / 4, 4 / 4
+    np.testing.assert_allclose(by_name["l2"], [26 / 4, 4 / 4])  # (9 + 16 + 0 + 1) / 4, 4 / 4
+    np.testing.assert_allclose(by_name["l2_norm"], [math.sqrt(26), 2.0], rtol=1e-6)
+    # A method carrying network distances gets fn(a, b, c, frozen) that ignores `frozen`.
+    with_frozen = losses.get_distance("l1", tiny_config(method__name="cd"))
+    np.testing.assert_allclose(with_frozen(a, b, 0.5, {}), [2.0, 1.0])
 
 
 def test_huber_c_cifar():

@@ -1,5 +1,7 @@
-"""Samplers against closed forms: exact denoisers make the ODE solvable by hand."""
+"""Samplers against closed forms: exact denoisers make the ODE solvable by hand; the clip
+between consistency steps (docs/methods.md section 8) with a stub denoiser f(x) = 2 x."""
 
+import functools
 import math
 
 import jax
@@ -8,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from cm import experiment, sampling
+from cm import experiment, methods, sampling
 
 HEUN = dict(
     sigma_min=0.002,
@@ -111,3 +113,70 @@ def test_parallel_sampler_ordered_labels_and_shape():
     x, y = sampler(params, jax.random.key(0), 12, True)
     assert x.shape == (12, 8, 8, 1)
     np.testing.assert_array_equal(y, np.arange(12) % 10)
+
+
+def _doubling(params, x, sigma, labels=None, *args):
+    """A stub denoiser f(x) = 2 x: its estimates leave [-1, 1] quickly."""
+    return 2.0 * x
+
+
+# Noises of four one-element samples: z_0 for the first step, z_1 for the re-noising.
+Z0 = np.array([0.001, -0.002, 0.5, 0.01], np.float32).reshape(4, 1, 1, 1)
+Z1 = np.array([-1.0, 1.0, -2.5, 0.5], np.float32).reshape(4, 1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "method,one_step,two_steps",
+    [
+        # Clipped (CD's default). Step 1: f(80 z_0) = 160 z_0 = (0.16, -0.32, 80, 1.6) -> clip
+        # (0.16, -0.32, 1, 1). Re-noise at t = 0.5 with smin = 0.3: + sqrt(0.25 - 0.09) z_1 =
+        # + 0.4 z_1 = (-0.4, 0.4, -1, 0.2) -> (-0.24, 0.08, 0, 1.2); doubled (-0.48, 0.16, 0,
+        # 2.4) -> clip (-0.48, 0.16, 0, 1).
+        ("cd", [0.16, -0.32, 1.0, 1.0], [-0.48, 0.16, 0.0, 1.0]),
+        # Not clipped (ECT's default): (0.16, -0.32, 80, 1.6); + 0.4 z_1 = (-0.24, 0.08, 79,
+        # 1.8); doubled (-0.48, 0.16, 158, 3.6).
+        ("ect", [0.16, -0.32, 80.0, 1.6], [-0.48, 0.16, 158.0, 3.6]),
+    ],
+)
+def test_clip_between_steps_with_a_doubling_denoiser_by_hand(method, one_step, two_steps):
+    c = tiny_config(method__name=method)
+    denoise = sampling.sample_denoiser(c, methods.get(method).clip_denoised, _doubling)
+    steps = functools.partial(sampling.consistency_steps, denoise, {}, None, sigma_min=0.3)
+    one = steps([jnp.asarray(Z0)], sigma_max=80.0, levels=())
+    two = steps([jnp.asarray(Z0), jnp.asarray(Z1)], sigma_max=80.0, levels=(0.5,))
+    np.testing.assert_allclose(one.ravel(), one_step, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(two.ravel(), two_steps, rtol=1e-6, atol=1e-6)
+
+
+def test_each_method_default_clip_and_the_switch():
+    """CD (both CM codes) and iCT (the CM codes it builds on) clip; ECT, sCT and sCD (ECT's and
+    FastGen's samplers) do not; EDM's Heun and MeanFlow re-noise no x0 estimate (no switch)."""
+    expected = {"ict": True, "cd": True, "ect": False, "sct": False, "scd": False}
+    for name, clips in expected.items():
+        assert methods.get(name).clip_denoised(tiny_config(method__name=name)) is clips, name
+    for name in ("edm", "meanflow"):
+        assert methods.get(name).clip_denoised is None, name
+    c = tiny_config(method__name="ect")
+    c.method.ect_clip_denoised = True  # the switch turns it on
+    assert sampling.sample_denoiser(c, methods.get("ect").clip_denoised, _doubling) is not _doubling
+    c.data.name = "latents"  # standardized latents have no range: never clipped
+    assert sampling.sample_denoiser(c, methods.get("ect").clip_denoised, _doubling) is _doubling
+    assert sampling.sample_denoiser(c, None, _doubling) is _doubling
+
+
+def test_trigflow_sampler_clips_when_switched_on():
+    """sCT's sampler with f(x) = 2 x: one step is f(sd z) = z, clipped to [-1, 1] when
+    method.scm_clip_denoised is on; two steps stay in [-1, 1] only then."""
+    c = tiny_config(method__name="sct")
+    entry, shape, rng = methods.get("sct"), (64, 2, 2, 1), jax.random.key(4)
+    outputs = {}
+    for clip in (False, True):
+        c.method.scm_clip_denoised = clip
+        denoise = sampling.sample_denoiser(c, entry.clip_denoised, _doubling)
+        for name, levels in (("1step", ()), ("2step", (1.1,))):
+            outputs[name, clip] = entry.sampler.build(c, denoise, levels)({}, rng, None, shape)
+    z = jax.random.normal(jax.random.split(rng, 1)[0], shape)  # the sampler's first draw
+    np.testing.assert_allclose(outputs["1step", False], z, rtol=1e-6)
+    np.testing.assert_allclose(outputs["1step", True], jnp.clip(z, -1.0, 1.0), rtol=1e-6)
+    assert float(jnp.abs(outputs["2step", False]).max()) > 1.0
+    assert float(jnp.abs(outputs["2step", True]).max()) <= 1.0

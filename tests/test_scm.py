@@ -9,9 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_config
 
-from cm import precond
+from cm import config_checks, precond
 from cm.methods import sct, trigflow
+from cm.methods.spec import Denoisers
+from cm.models import build_model
 from cm.models.unet import UNet
 
 SD = 0.5
@@ -193,6 +196,109 @@ def test_dropout_key_shared_by_jvp_and_forward_pass():
     assert np.array_equal(calls[0][1], calls[1][1])
 
 
+def test_fresh_jvp_dropout_draws_its_own_mask_and_keeps_the_forward_key():
+    """method.scm_jvp_dropout = fresh (FastGen's separate pass): the JVP gets fold_in(key, 1),
+    F_theta keeps the key that "shared" gives both."""
+    keys = {}
+    for mode in ("shared", "fresh"):
+        calls = []
+
+        def spy(params, x_t, t, labels, train, dropout_rng, augment_labels=None, calls=calls):
+            calls.append(np.asarray(jax.random.key_data(dropout_rng)))
+            return params["a"] * x_t
+
+        weighting, wparams, _ = _weighting()
+        sct.scm_loss(
+            spy, weighting, {"a": 0.5}, wparams, _batch(), jax.random.key(3), 0,
+            prior_weighting=True, jvp_dropout=mode, **KW,
+        )  # fmt: skip
+        keys[mode] = calls  # [JVP, F_theta]
+    _, _, k_dropout = jax.random.split(jax.random.key(3), 3)
+    fresh = np.asarray(jax.random.key_data(jax.random.fold_in(k_dropout, sct.FRESH_JVP_TAG)))
+    assert np.array_equal(keys["fresh"][1], keys["shared"][1])  # F_theta: the step's key
+    assert np.array_equal(keys["fresh"][0], fresh) and not np.array_equal(fresh, keys["fresh"][1])
+    with pytest.raises(ValueError, match="scm_jvp_dropout"):
+        sct.scm_loss(
+            spy, weighting, {"a": 0.5}, wparams, _batch(), jax.random.key(3), 0,
+            prior_weighting=True, jvp_dropout="new", **KW,
+        )  # fmt: skip
+
+
+def test_edm2_weighting_head_by_hand():
+    """EDM2's head: sqrt(2) cos(2 pi (f c + phi)) features (numpy's seeded draws) through a
+    unit-norm bias-free weight w / (1e-4 + ||w|| / sqrt(n)) / sqrt(n)."""
+    # w = (3, 4), n = 2: ||w|| = 5, w / (1e-4 + 5 / sqrt 2) / sqrt 2 = w / (5 + 1.41421e-4);
+    # features (1, 2): (3 + 8) / 5.000141421 = 2.1999378.
+    out = sct.edm2_linear(jnp.array([[1.0, 2.0]]), jnp.array([3.0, 4.0]))
+    np.testing.assert_allclose(out, [2.1999378], rtol=1e-6)
+    labels = jnp.array([0.0, 0.3, 1.2])
+    draw = np.random.RandomState(5)
+    f, phi = draw.randn(6) * 2.0, draw.rand(6)
+    expected = np.sqrt(2) * np.cos(2 * np.pi * (np.asarray(labels)[:, None] * f + phi))
+    got = sct.edm2_fourier(labels, 6, 2.0, 5)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    module = sct.TimeWeighting(6, 2.0, 5, head="edm2")
+    params = sct.init_weighting(module, jax.random.key(0))
+    assert set(params) == {"weight"} and params["weight"].shape == (6,)
+    w = sct.make_weighting(module, lambda t: t)(params, labels)
+    np.testing.assert_allclose(w, sct.edm2_linear(got, params["weight"]), rtol=1e-6)
+    assert float(jnp.abs(w).max()) > 0  # EDM2 draws its weight: w is not 0 at the start
+
+
+def test_network_weighting_head_reads_the_networks_own_embedding():
+    """FastGen's head: a Dense on the network's map_noise features of the time label (the
+    U-Net's NoiseEmbedding output, captured from a forward pass), N(0, 1 / fan_in) weights and
+    zero bias; refused where the network keeps its Fourier frequencies as parameters."""
+    c = tiny_config(method__name="sct", method__scm_weighting_head="network")
+    module = sct._weighting_module(c)
+    params = sct.init_weighting(module, jax.random.key(0))
+    width = c.model.noise_mult * c.model.channels
+    assert params["linear"]["kernel"].shape == (width, 1)
+    np.testing.assert_array_equal(params["linear"]["bias"], 0.0)
+    assert 0 < float(jnp.std(params["linear"]["kernel"])) < 3 / math.sqrt(width)
+    t = jnp.array([0.2, 1.3])
+    model = build_model(c)
+    x = jnp.zeros((2, c.data.image_size, c.data.image_size, c.data.channels))
+    y = jnp.zeros((2,), jnp.int32)
+    # map_noise reads no parameter: zeros of the network's shapes, one jitted forward pass.
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(1), x, t, y, train=False))
+    zeros = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), shapes)
+    forward = lambda v: model.apply(
+        v, x, t, y, train=False, capture_intermediates=True, mutable=["intermediates"]
+    )[1]["intermediates"]["map_noise"]["__call__"][0]  # fmt: skip
+    feats = jax.jit(forward)(zeros)  # [2, width]
+    w = sct.make_weighting(module, lambda s: s)(params, t)
+    np.testing.assert_allclose(w, feats @ params["linear"]["kernel"][:, 0], rtol=1e-5)
+    c.model.fourier_param = True
+    with pytest.raises(ValueError, match=r"^method\.scm_weighting_head='network' is invalid"):
+        config_checks.check(c, "summary")
+    c.method.scm_weighting_head = "linear"
+    with pytest.raises(ValueError, match=r"^method\.scm_weighting_head='linear' is invalid"):
+        config_checks.check(c, "summary")
+    c.method.scm_weighting_head, c.method.scm_jvp_dropout = "sincos", "never"
+    with pytest.raises(ValueError, match=r"^method\.scm_jvp_dropout='never' is invalid"):
+        config_checks.check(c, "summary")
+
+
+@pytest.mark.parametrize(
+    "head,jvp_dropout", [("sincos", "shared"), ("edm2", "fresh"), ("network", "fresh")]
+)
+def test_production_objective_with_each_head_and_mask(head, jvp_dropout):
+    """sct's table objective and init_aux on a linear flow: each w(t) head trains (a gradient
+    reaches its parameters), each mask setting runs; the sincos head starts at w = 0."""
+    c = tiny_config(method__name="sct")
+    c.method.scm_weighting_head, c.method.scm_jvp_dropout = head, jvp_dropout
+    aux = sct.init_aux(c, jax.random.key(0))
+    loss_fn = sct.objective(c, Denoisers(train=_linear_flow, sample=None, teacher=None), False)
+    params = {"a": jnp.float32(0.7), "b": jnp.float32(-0.4)}
+    grad_fn = jax.grad(lambda p, a: loss_fn(p, _batch(), jax.random.key(2), 50, a)[0], (0, 1))
+    (loss, metrics) = loss_fn(params, _batch(), jax.random.key(2), 50, aux)
+    grads, aux_grads = grad_fn(params, aux)
+    assert np.isfinite(float(loss)) and float(jnp.abs(grads["a"])) > 0
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(aux_grads))
+    assert (float(metrics["weighting_mean"]) == 0.0) == (head == "sincos")
+
+
 def _tiny_net(dropout=0.0):
     """A one-level U-Net with attention."""
     return UNet(
@@ -338,3 +444,25 @@ def test_weighting_starts_at_zero_and_forms_are_checked():
     np.testing.assert_array_equal(w, 0.0)
     with pytest.raises(ValueError, match="trig_form"):
         trigflow.make_flow(None, "vp", SD, 1.0, "log_sigma_over_4")
+
+
+def test_cifar10_sct_and_scd_open_settings():
+    """FastGen's CIFAR-10 sCM recipe (docs/methods.md section 9, "sCT and sCD: open
+    settings"): RAdam 1e-4, betas (0.9, 0.99), eps 1e-8, constant rate, batch 512; sCT 350k
+    steps with dropout 0.2, sCD 500k with dropout 0; cm's w(t) head, one dropout mask, no clip."""
+    from configs import cifar10_scd, cifar10_sct
+
+    for config, steps, dropout in (
+        (cifar10_sct.get_config(), 350_000, 0.2),
+        (cifar10_scd.get_config(), 500_000, 0.0),
+    ):
+        o, m = config.optim, config.method
+        assert (o.name, o.learning_rate, o.b1, o.b2, o.eps) == ("radam", 1e-4, 0.9, 0.99, 1e-8)
+        assert (o.weight_decay, o.warmup_steps, o.grad_clip) == (0.0, 0, 0.0)
+        assert (config.training.batch_size, config.training.num_steps) == (512, steps)
+        assert config.model.dropout == dropout
+        assert (m.scm_weighting_head, m.scm_jvp_dropout, m.scm_clip_denoised) == (
+            "sincos",
+            "shared",
+            False,
+        )

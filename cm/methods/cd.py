@@ -10,13 +10,14 @@ distance(f(x_{n+1}, t_{n+1}), f_target(x_hat_n, t_n)), where f is the student's 
 function and f_target the same function with the target parameters under stop_gradient: the
 student's own (method.cd_target_ema = 0, CM's CIFAR-10 code) or their EMA with rate mu (> 0),
 kept in the extra state. Student and target share the dropout key; the teacher runs without
-dropout. method.distance: l2, pseudo_huber, ... or CM's lpips (cm/models/lpips.py), whose frozen
-VGG16
-and heads, read from method.lpips_vgg_path and method.lpips_lin_path when the run starts, live
-in the extra state under "lpips" beside the teacher (losses.frozen_weights).
+dropout. method.distance: jcm's l1 and l2 (means over the elements), l2_norm, pseudo_huber, ...
+or CM's lpips (cm/models/lpips.py), whose frozen VGG16 and heads, read from
+method.lpips_vgg_path and method.lpips_lin_path when the run starts, live in the extra state
+under "lpips" beside the teacher (losses.frozen_weights).
 """
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,10 @@ DEFAULTS = {
     "lpips_pooling": "max",
     "lpips_vgg_path": "~/.cache/cm/vgg16-397923af.pth",
     "lpips_lin_path": "~/.cache/cm/lpips/v0.1/vgg.pth",
+    # Samplers clip each x0 estimate to the pixel range before re-noising it, as both CM codes
+    # do (the CIFAR-10 notebook's multistep sampler; openai/consistency_models' clip_denoised)
+    # (docs/methods.md section 8, "Clipping between sampling steps").
+    "cd_clip_denoised": True,
 }
 
 
@@ -192,4 +197,5 @@ METHOD = Method(
     init_sources=("edm",),
     requires_init_from=True,
     network_distance=True,
+    clip_denoised=operator.attrgetter("method.cd_clip_denoised"),
 )

@@ -11,6 +11,7 @@ the boundary-respecting consistency function, with method.sigma_min, at sampling
 """
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,8 @@ from cm.methods.spec import CONSISTENCY_SAMPLERS, Method, invalid, precond_pair
 from cm.precond import bcast
 
 # ECT's own config fields (locuslab/ect ECMLoss); t ~ lognormal(method.p_mean, method.p_std),
-# -1.1 and 2.0 as in ECT, and the distance method.distance (ECT's CIFAR-10 c = 0: l2) are shared.
+# -1.1 and 2.0 as in ECT, and the distance method.distance (ECT's CIFAR-10 c = 0: l2_norm) are
+# shared.
 DEFAULTS = {
     "ect_q": 2.0,  # the decay factor q
     "ect_k": 8.0,  # k of the sigmoid adjustment
@@ -28,6 +30,9 @@ DEFAULTS = {
     # stage = training images // this (ECT's --double=250 ticks of --tick=12.8 kimg = 3.2 Mimg);
     # a multiple of training.batch_size.
     "ect_double_images": 3_200_000,
+    # ECT's generator_fn re-noises the raw x0 estimate: no clip between sampling steps
+    # (docs/methods.md section 8, "Clipping between sampling steps").
+    "ect_clip_denoised": False,
 }
 
 
@@ -129,4 +134,5 @@ METHOD = Method(
     defaults=DEFAULTS,
     check=check,
     init_sources=("edm",),
+    clip_denoised=operator.attrgetter("method.ect_clip_denoised"),
 )

@@ -8,6 +8,7 @@ stop-gradient teacher, in training and in sampling.
 """
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,11 @@ DEFAULTS = {
     # authors' scripts; it must divide batch_size / process count).
     "ot_group_size": 128,
     "ot_prefetch": 2,  # coupled batches computed ahead on the host
+    # Samplers clip each x0 estimate to the pixel range before re-noising it. iCT released no
+    # code; the CM codes it builds on clip (the CIFAR-10 notebook, openai/consistency_models'
+    # clip_denoised=True), as sLCT's does on pixels; latents are never clipped
+    # (sampling.clip_range). docs/methods.md section 8, "Clipping between sampling steps".
+    "ict_clip_denoised": True,
 }
 
 
@@ -157,4 +163,5 @@ METHOD = Method(
     parameterization=precond_pair("consistency", "consistency"),
     sampler=CONSISTENCY_SAMPLERS,
     defaults=DEFAULTS,
+    clip_denoised=operator.attrgetter("method.ict_clip_denoised"),
 )

@@ -1,6 +1,9 @@
 """Per-sample distances between two batches of samples, as pure functions of arrays, and the
 one table that resolves method.distance.
 
+CM's CIFAR-10 code (jcm/losses.py) names its distances "l1" and "l2": the means over the
+elements of |a - b| and (a - b)^2; `cm` keeps those names for them, and calls the Euclidean
+norm over the whole sample (ECT's c = 0 pseudo-Huber) "l2_norm" (docs/methods.md section 8).
 iCT's pseudo-Huber acts on the whole sample vector; sLCT's Cauchy and the iLCT baseline's
 pseudo-Huber (as the sLCT authors' code computes it) on the mean over elements. LPIPS (CM's
 distance for consistency distillation, cm/models/lpips.py) runs a frozen network: its weights are
@@ -30,10 +33,22 @@ def squared_l2(a, b):
     return jnp.sum(jnp.square(_flat(a) - _flat(b)), axis=-1)
 
 
-def l2(a, b, c=None):
-    """Euclidean distance over each sample (c unused). Returns [B]."""
+def l2_norm(a, b, c=None):
+    """Euclidean distance ||a - b||_2 over each sample (c unused). Returns [B]."""
     del c
     return jnp.sqrt(squared_l2(a, b))
+
+
+def mean_abs(a, b, c=None):
+    """jcm's "l1": mean over each sample's elements of |a - b| (c unused). Returns [B]."""
+    del c
+    return jnp.mean(jnp.abs(_flat(a) - _flat(b)), axis=-1)
+
+
+def mean_square(a, b, c=None):
+    """jcm's "l2": mean over each sample's elements of (a - b)^2 (c unused). Returns [B]."""
+    del c
+    return jnp.mean(jnp.square(_flat(a) - _flat(b)), axis=-1)
 
 
 def pseudo_huber(a, b, c):
@@ -66,11 +81,13 @@ def huber_c(num_elements: int, factor: float) -> float:
     return factor * num_elements**0.5
 
 
-# The distances that read c (iCT's c = huber_c_factor sqrt(d)); l2 ignores it.
+# The distances that read c (iCT's c = huber_c_factor sqrt(d)); the others ignore it.
 TAKES_C = ("pseudo_huber", "pseudo_huber_lct", "cauchy")
 
 DISTANCES = {
-    "l2": l2,
+    "l1": mean_abs,  # jcm's "l1"
+    "l2": mean_square,  # jcm's "l2"
+    "l2_norm": l2_norm,  # the Euclidean norm (named "l2" in `cm` before jcm's names came)
     "pseudo_huber": pseudo_huber,
     "pseudo_huber_lct": pseudo_huber_lct,
     "cauchy": cauchy,

@@ -12,9 +12,10 @@ One training step, per sample (sCM, Algorithm 1):
 
 g equals cos(t) df-/dt at r = 1, so the gradient pushes f along its own time derivative; F- is
 F_theta's value under stop_gradient, so F_theta - F- is zero in value and only carries the
-gradient. The JVP runs with the same dropout key as the F_theta pass (one mask for both), and
-the step enters only through r, a traced value: one compiled step serves warm-up and after.
-w is TimeWeighting, a separate parameter tree trained with the network.
+gradient. The JVP runs with the same dropout key as the F_theta pass (one mask for both;
+method.scm_jvp_dropout = fresh gives it its own), and the step enters only through r, a traced
+value: one compiled step serves warm-up and after. w is TimeWeighting (one of three heads,
+method.scm_weighting_head), a separate parameter tree trained with the network.
 
 The method-table entries (SCT, SCD) and their sampler kind (SAMPLERS) close the module. Their
 Denoisers are not EDM-signature denoisers of sigma: train is the normalized velocity
@@ -26,6 +27,7 @@ method.init_from's EDM network, as CD).
 """
 
 import functools
+import operator
 
 import flax.linen as nn
 import jax
@@ -35,6 +37,7 @@ from absl import logging
 
 from cm.methods import trigflow
 from cm.methods.spec import Denoisers, Method, SamplerKind, invalid, require_number
+from cm.models import build_model
 from cm.models.embeddings import NoiseEmbedding
 from cm.precond import bcast
 
@@ -52,9 +55,19 @@ DEFAULTS = {
     # ||g||_2 / sqrt(D) (FastGen's g_norm_spatial_invariance).
     "scm_tangent_norm": "l2",
     "scm_prior_weighting": True,  # the 1 / (sd tan t) factor (formula sheet, FastGen)
-    # w(t): EDM2's log-variance head, Fourier features (channels, scale) of the time label.
-    "scm_weighting_channels": 128,
-    "scm_weighting_fourier_scale": 1.0,
+    # w(t), a head on the time label (TimeWeighting; section 9, "sCT and sCD: open settings"):
+    # sincos = seeded sin/cos Fourier features + zero-initialized Dense (cm's reading of the
+    # paper's "like EDM2's", w = 0 at the start) | edm2 = EDM2's random-phase cosine features
+    # + a normalized linear layer | network = FastGen's Dense on the network's own embedding.
+    "scm_weighting_head": "sincos",
+    "scm_weighting_channels": 128,  # features of sincos and edm2
+    "scm_weighting_fourier_scale": 1.0,  # std of their frequencies
+    # The JVP's dropout mask: shared = the F_theta pass's (cm; one forward pass for both, as
+    # CM, iCT and ECT share the student's mask with their teacher) | fresh = its own draw
+    # (FastGen's separate torch pass), one more forward pass per step.
+    "scm_jvp_dropout": "shared",
+    # sCM gives no clipping and FastGen's multistep sampler re-noises the raw x0 estimate.
+    "scm_clip_denoised": False,
 }
 
 
@@ -102,19 +115,67 @@ def jvp_tangent(F_of, x_t, t, dxdt):
     return jax.jvp(F_of, (x_t, t), (bcast(cs) * dxdt, cs))
 
 
+WEIGHTING_HEADS = ("sincos", "edm2", "network")  # method.scm_weighting_head
+JVP_DROPOUTS = ("shared", "fresh")  # method.scm_jvp_dropout
+FRESH_JVP_TAG = 1  # fold_in tag of the JVP's own dropout key (scm_jvp_dropout "fresh")
+EDM2_NORM_EPS = 1e-4  # EDM2's normalize(): w / (eps + ||w|| / sqrt(n))
+
+
+def edm2_fourier(labels, channels: int, scale: float, seed: int):
+    """EDM2's MPFourier features sqrt(2) cos(2 pi (f c + phi)) of labels c [B]: f ~ N(0, scale^2)
+    and phi ~ U(0, 1), `channels` of each, numpy's draws from `seed`. Returns [B, channels]."""
+    draw = np.random.RandomState(seed)
+    freqs, phases = draw.randn(channels) * scale, draw.rand(channels)
+    angle = labels[:, None] * jnp.asarray(2 * np.pi * freqs, jnp.float32)[None, :]
+    return np.sqrt(2.0) * jnp.cos(angle + jnp.asarray(2 * np.pi * phases, jnp.float32)[None, :])
+
+
+def edm2_linear(feats, weight):
+    """EDM2's MPConv as a linear map to one output: feats [B, n] @ w / (eps + ||w|| / sqrt(n)) /
+    sqrt(n), i.e. a unit-norm weight on unit-variance features. weight: [n]. Returns [B]."""
+    n = weight.shape[0]
+    unit = weight / (EDM2_NORM_EPS + jnp.linalg.norm(weight) / np.sqrt(n)) / np.sqrt(n)
+    return feats @ unit
+
+
 class TimeWeighting(nn.Module):
-    """The adaptive weighting w(t) = Dense(Fourier features of c_noise(t)), EDM2's log-variance
-    head: `channels` frozen random frequencies of scale `fourier_scale`, then one linear layer,
-    zero-initialised so that training starts unweighted (w = 0)."""
+    """The adaptive weighting w(c) of the network's time label c, one of three heads
+    (method.scm_weighting_head; docs/methods.md section 9, "sCT and sCD: open settings"):
+
+      sincos   sin and cos of channels / 2 frozen frequencies N(0, fourier_scale^2) (seeded),
+               then a Dense with zero kernel and bias: training starts unweighted (w = 0).
+      edm2     EDM2's log-variance head: edm2_fourier features, then edm2_linear with its
+               weight "weight" [channels] drawn N(0, 1) (w about N(0, 1) at the start).
+      network  FastGen's: the network's own noise embedding of c (`network_embedding`, the
+               NoiseEmbedding fields of the network), then a Dense with N(0, 1 / fan_in)
+               weights and zero bias.
+    """
 
     channels: int = 128
     fourier_scale: float = 1.0
     fourier_seed: int = 0
+    head: str = "sincos"
+    # head "network": (kind, width, fourier_scale, fourier_seed, positional_endpoint,
+    # positional_cos_first) of the network's NoiseEmbedding.
+    network_embedding: tuple = ()
 
     @nn.compact
     def __call__(self, time_labels):  # [B] -> [B] float32
+        labels = time_labels.astype(jnp.float32)
+        if self.head == "edm2":
+            feats = edm2_fourier(labels, self.channels, self.fourier_scale, self.fourier_seed)
+            weight = self.param("weight", nn.initializers.normal(1.0), (self.channels,))
+            return edm2_linear(feats, weight)
+        if self.head == "network":
+            feats = NoiseEmbedding(*self.network_embedding)(labels)  # [B, network width]
+            kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+            return nn.Dense(1, kernel_init=kernel_init, name="linear")(feats)[:, 0]
+        if self.head != "sincos":
+            raise ValueError(
+                f"Unknown method.scm_weighting_head {self.head!r}; valid: {list(WEIGHTING_HEADS)}."
+            )
         feats = NoiseEmbedding("fourier", self.channels, self.fourier_scale, self.fourier_seed)(
-            time_labels.astype(jnp.float32)
+            labels
         )  # [B, channels]
         return nn.Dense(1, kernel_init=nn.initializers.zeros, name="linear")(feats)[:, 0]
 
@@ -145,13 +206,15 @@ def scm_loss(
     tangent_c: float,
     prior_weighting: bool,
     tangent_norm: str = "l2",
+    jvp_dropout: str = "shared",
     teacher=None,
     teacher_params=None,
 ):
     """sCT (teacher None) or sCD loss, batch mean of the per-sample loss in the module docstring.
 
     F: trigflow.make_flow(...), F(params, x_t, t, labels, train, dropout_rng); weighting:
-    make_weighting(...); teacher: an F of the frozen teacher network (sCD), run in eval mode.
+    make_weighting(...); teacher: an F of the frozen teacher network (sCD), run in eval mode;
+    jvp_dropout: the JVP's dropout key is the F_theta pass's ("shared") or its own ("fresh").
     Returns (loss, metrics).
     """
     x0, labels = batch["image"], batch.get("label")  # [B, H, W, C], [B]
@@ -166,11 +229,14 @@ def scm_loss(
         dxdt = sigma_data * teacher(teacher_params, x_t, t, labels, False, None)
     dxdt = jax.lax.stop_gradient(dxdt)
 
-    # The JVP of the stop-gradient network, then F_theta with the same dropout key. XLA merges
-    # the JVP's primal with this forward pass (identical computations): the compiled step has
-    # the convolutions, FLOPs and memory of taking F_theta as the JVP's primal.
+    # The JVP of the stop-gradient network, then F_theta. With the same dropout key ("shared")
+    # XLA merges the JVP's primal with this forward pass (identical computations): the compiled
+    # step has the convolutions, FLOPs and memory of taking F_theta as the JVP's primal.
+    if jvp_dropout not in JVP_DROPOUTS:
+        raise ValueError(f"Unknown method.scm_jvp_dropout {jvp_dropout!r}; valid: {JVP_DROPOUTS}.")
+    k_jvp = k_dropout if jvp_dropout == "shared" else jax.random.fold_in(k_dropout, FRESH_JVP_TAG)
     frozen = jax.lax.stop_gradient(params)
-    _, dF_scaled = jvp_tangent(lambda x, s: F(frozen, x, s, labels, True, k_dropout), x_t, t, dxdt)
+    _, dF_scaled = jvp_tangent(lambda x, s: F(frozen, x, s, labels, True, k_jvp), x_t, t, dxdt)
     F_theta = F(params, x_t, t, labels, True, k_dropout)
     F_minus, dF_scaled = jax.lax.stop_gradient((F_theta, dF_scaled))
 
@@ -207,8 +273,26 @@ def parameterization(config, model) -> Denoisers:
 
 
 def _weighting_module(config) -> TimeWeighting:
+    """TimeWeighting of method.scm_weighting_*; the network head reads the network's embedding
+    fields from the configured model."""
     m = config.method
-    return TimeWeighting(m.scm_weighting_channels, m.scm_weighting_fourier_scale)
+    network = ()
+    if m.scm_weighting_head == "network":
+        net = build_model(config)
+        network = (
+            net.embedding,
+            net.noise_mult * net.channels,
+            net.fourier_scale,
+            net.fourier_seed,
+            net.positional_endpoint,
+            net.positional_cos_first,
+        )
+    return TimeWeighting(
+        m.scm_weighting_channels,
+        m.scm_weighting_fourier_scale,
+        head=m.scm_weighting_head,
+        network_embedding=network,
+    )
 
 
 def init_aux(config, rng):
@@ -233,6 +317,7 @@ def objective(config, denoisers, distill: bool):
         tangent_c=m.scm_tangent_c,
         prior_weighting=m.scm_prior_weighting,
         tangent_norm=m.scm_tangent_norm,
+        jvp_dropout=m.scm_jvp_dropout,
     )
 
     def loss_fn(params, batch, rng, step, aux=(), extra=()):
@@ -282,6 +367,20 @@ def check(config, mode: str, distill: bool):
         )
     if m.scm_tangent_norm not in TANGENT_NORMS:
         invalid("method.scm_tangent_norm", m.scm_tangent_norm, f"valid are {list(TANGENT_NORMS)}")
+    if m.scm_jvp_dropout not in JVP_DROPOUTS:
+        invalid("method.scm_jvp_dropout", m.scm_jvp_dropout, f"valid are {list(JVP_DROPOUTS)}")
+    if m.scm_weighting_head not in WEIGHTING_HEADS:
+        invalid(
+            "method.scm_weighting_head", m.scm_weighting_head, f"valid are {list(WEIGHTING_HEADS)}"
+        )
+    if m.scm_weighting_head == "network" and config.model.fourier_param:
+        invalid(
+            "method.scm_weighting_head",
+            m.scm_weighting_head,
+            "the network head rebuilds the network's embedding from its settings, but "
+            "model.fourier_param keeps the frequencies in the network's parameters",
+            "--config.method.scm_weighting_head=sincos (or edm2)",
+        )
     require_number("method.trig_time_scale", m.trig_time_scale, 0, lo_open=True)
     tangent = label_time_tangent(config)
     if tangent > SCM_LABEL_TANGENT:
@@ -332,6 +431,14 @@ def build_trigflow(config, f, levels):
 
 SAMPLERS = SamplerKind("trigflow", trigflow_names, build_trigflow)
 
+# sCM's Algorithm 1 starts sCT from a trained diffusion model; from scratch is allowed, with
+# this line in the log (docs/methods.md section 9, "sCT's starting point").
+SCT_SCRATCH_WARNING = (
+    "sCT starts from random parameters, but sCM starts it from a trained diffusion model: set "
+    "--config.method.init_from to a TrigFlow diffusion run (method.name=trigflow, "
+    "configs/cifar10_sct.py:trigflow) or an EDM run read with method.trig_form=edm (:edm)."
+)
+
 SCT = Method(
     objective=functools.partial(objective, distill=False),
     parameterization=parameterization,
@@ -339,6 +446,11 @@ SCT = Method(
     defaults=DEFAULTS,
     init_aux=init_aux,
     check=functools.partial(check, distill=False),
+    # A TrigFlow diffusion run (trig_form as this run's), an EDM run (trig_form=edm), or an
+    # sCT run to continue from.
+    init_sources=("trigflow", "edm", "sct"),
+    scratch_warning=SCT_SCRATCH_WARNING,
+    clip_denoised=operator.attrgetter("method.scm_clip_denoised"),
 )
 
 SCD = Method(
@@ -351,4 +463,5 @@ SCD = Method(
     check=functools.partial(check, distill=True),
     init_sources=("edm",),
     requires_init_from=True,
+    clip_denoised=operator.attrgetter("method.scm_clip_denoised"),
 )
