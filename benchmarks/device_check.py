@@ -23,10 +23,12 @@ Rows (columns: benchmarks/device_rows.py's COLUMNS):
   with no communication or input cost.
 
 Columns: seconds per call (step, sampler call, feature batch; for fid and recipe the projected
-total), images/s, XLA's FLOP count per call (compiled.cost_analysis()), MFU = achieved FLOP/s
-over the device's published peak for the mode (benchmarks/perf.py; "n/a" for an unknown device), the
-same over an n x n matmul measured in the same process in the same mode, and the peak device
-memory (memory_stats()["peak_bytes_in_use"]; "n/a" where the backend keeps none, as on CPUs).
+total), images/s, FLOPs per call (benchmarks/perf.py `flops`: XLA's count of the lowered
+module, the same on every device; a GPU's compiled count misses the cuDNN convolutions), MFU =
+achieved FLOP/s over the device's published peak for the mode (benchmarks/perf.py; "n/a" for
+an unknown device), the same over an n x n matmul measured in the same process in the same
+mode, and the peak device memory (memory_stats()["peak_bytes_in_use"]; "n/a" where the
+backend keeps none, as on CPUs).
 
 On an accelerator every measurement ("unit") runs in a fresh worker process (--isolate=auto),
 so its peak memory is its own and an out-of-memory error ends one unit, not the check; on the

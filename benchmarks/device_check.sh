@@ -7,9 +7,10 @@
 # command limit, 30 s kept for the report):
 #   1. benchmarks/profile_step.py: the kernels of cifar10_ict's training step by device time
 #      (batch PROFILE_BATCH, default 128) -> profile_step.txt; the first H200 lease measured
-#      0.47 TFLOP/s for that step (BENCHMARKS.md), and this says where the time goes,
+#      that step at 615 ms, about 34 TFLOP/s at `highest` (BENCHMARKS.md), and this says where
+#      the time goes,
 #   2. benchmarks/device_check.py: training steps at the device default precision and in
-#      bfloat16 (4 networks),
+#      bfloat16 (4 networks); with part 5 the direct measure of `highest` against `default`,
 #   3. benchmarks/precision_study.py on the device's real float32-default and bfloat16 paths
 #      -> precision_study.{json,png,txt},
 #   4. samplers (1-step, Heun 35 evaluations) and Inception features,

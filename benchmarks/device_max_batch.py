@@ -58,7 +58,8 @@ def unit_max_batch(spec: dict) -> dict:
         c = device_setup.network_config(name, batch, quick, remat=remat)
         state = jax.device_put(host_state, exp.replicated)
         try:
-            measure.train_step(c, device_setup.one_device_experiment(c), steps=0, state=state)
+            exp_c = device_setup.one_device_experiment(c)
+            measure.train_step(c, exp_c, steps=0, state=state, count_flops=False)
             return True
         except Exception as e:  # noqa: BLE001 (only out-of-memory is an answer)
             if perf.is_out_of_memory(e):

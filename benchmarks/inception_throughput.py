@@ -38,8 +38,8 @@ def random_variables(seed: int = 0):
 
 
 def measure(batch: int, batches: int, image_size: int, mesh=None) -> dict:
-    """{batch, seconds (per global batch), images_per_s, flops (per batch)} of the feature path
-    on `mesh` (default: every device), after one compiling call."""
+    """{batch, seconds (per global batch), images_per_s, flops (perf.flops per global batch)}
+    of the feature path on `mesh` (default: every device), after one compiling call."""
     mesh = mesh or experiment.make_mesh()
     fn = inception_metric.inception_features
     extractor = features.ParallelExtractor(fn, random_variables(), mesh, batch)
@@ -49,7 +49,7 @@ def measure(batch: int, batches: int, image_size: int, mesh=None) -> dict:
     extractor.extract(read, b)  # compiles
     program = features._parallel(fn, mesh)  # the extractor's jitted program, for its FLOPs
     shape = jax.ShapeDtypeStruct(pics.shape, pics.dtype, sharding=extractor._sharded)
-    flops = perf.flops(program.lower(extractor.variables, shape).compile())
+    flops = perf.flops(program.trace(extractor.variables, shape))
     start = time.perf_counter()
     for _ in range(batches):
         extractor.extract(read, b)

@@ -7,7 +7,9 @@ Each row is the production training step (cm/train_step.py: value_and_grad of th
 loss from the method table, the optimizer, the EMAs) of the config with method.name set to the
 row's method, on one device, timed after compilation on random data (benchmarks/measure.py).
 The network is the config's (MeanFlow's adds only the second time label's columns to the first
-mapping layer). Columns: mean step time, XLA's FLOP count of the compiled step, XLA's
+mapping layer). Columns: mean step time, the step's FLOPs (benchmarks/perf.py `flops`: XLA's
+count of the lowered module, the program before XLA merges the sCT step's two forward passes
+of one network at one input, so sCT's count holds one forward pass more than runs), XLA's
 temporary memory, and each relative to iCT (two network passes: student with gradient,
 teacher without). Rows:
 

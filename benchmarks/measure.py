@@ -41,20 +41,24 @@ def random_batch(config, exp: experiment.Experiment) -> dict:
     return global_batch(local, exp)
 
 
-def train_step(config, exp: experiment.Experiment, steps: int, state=None) -> tuple[dict, object]:
+def train_step(
+    config, exp: experiment.Experiment, steps: int, state=None, count_flops: bool = True
+) -> tuple[dict, object]:
     """Times the jitted training step; returns ({lower_s, compile_s, first_step_s, step_s,
     flops, temp_bytes}, the state after the steps).
 
     lower_s: tracing and lowering to HLO (never cached); compile_s: XLA's compilation (a
     persistent-cache hit makes it a load); first_step_s: both plus the first call (what a fresh
     process waits for); step_s: the mean of `steps` further calls, dispatched back to back as
-    training does.
+    training does; flops: perf.flops of the step over all of exp's devices (NaN unless
+    count_flops: the count converts the lowered module to HLO, a third to half the lowering time).
     """
     step_fn = make_train_step(exp, tuple(config.training.ema_rates), config.seed)
     state = experiment.init_state(exp, config) if state is None else state
     batch = random_batch(config, exp)
     start = time.perf_counter()
-    lowered = step_fn.lower(state, batch)
+    traced = step_fn.trace(state, batch)
+    lowered = traced.lower()
     lower_s = time.perf_counter() - start
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start - lower_s
@@ -70,18 +74,29 @@ def train_step(config, exp: experiment.Experiment, steps: int, state=None) -> tu
         "compile_s": compile_s,
         "first_step_s": first_step_s,
         "step_s": (time.perf_counter() - start) / max(steps, 1),
-        "flops": perf.flops(compiled),
+        "flops": perf.flops(traced, lowered) if count_flops else float("nan"),
         "temp_bytes": perf.temp_bytes(compiled),
     }
     return costs, state
 
 
+def train_step_flops(config, exp: experiment.Experiment) -> float:
+    """perf.flops of the training step that train_step times, from shapes alone (nothing is
+    allocated or compiled), so that a step measured on one device can be counted on another."""
+    step_fn = make_train_step(exp, tuple(config.training.ema_rates), config.seed)
+    abstract = experiment.abstract_state(exp, config)
+    return perf.flops(step_fn.trace(abstract, random_batch(config, exp)))
+
+
 def sampler(config, exp: experiment.Experiment, params, name: str, batch: int, repeats: int):
     """Times sampler `name` of the config at a global batch; returns {seconds, flops}
-    (seconds per call: the median of `repeats` calls after a compiling one)."""
+    (seconds per call: the median of `repeats` calls after a compiling one; flops: perf.flops,
+    one device's share: the sampler is a jax.shard_map)."""
     run = experiment.samplers(config, exp)[name]
     key = jax.random.key(0)
-    compiled = run.jitted(batch, False).lower(params, key).compile()
+    traced = run.jitted(batch, False).trace(params, key)
+    lowered = traced.lower()
+    compiled = lowered.compile()
     jax.block_until_ready(compiled(params, key))
     seconds = perf.median_seconds(lambda: compiled(params, key), repeats)
-    return {"seconds": seconds, "flops": perf.flops(compiled)}
+    return {"seconds": seconds, "flops": perf.flops(traced, lowered)}

@@ -8,8 +8,9 @@ Part 1 times `cm.coupling` on the host for one device shard of 4x32x32 latents-l
 shard batch: the noise draw, the squared-distance matrix and the exact assignment
 (linear_sum_assignment), and their sum; then the same for 2 shards solved in parallel threads
 (scipy releases the GIL), as one host with several devices runs them.
-Part 2 counts the XLA FLOPs per image of one full sLCT training step (Cauchy, adaptive c,
-diffusion loss, coupled noise) of the latent network of configs/celebahq256_slct.py, and with
+Part 2 counts the FLOPs per image (benchmarks/perf.py `flops`) of one full sLCT training step
+(Cauchy, adaptive c, diffusion loss, coupled noise) of the latent network of
+configs/celebahq256_slct.py, and with
 --steps=N also times it on this machine's default device, so the OT cost can be set against a
 step at any batch: the step scales linearly in the batch, the assignment as about B^3.
 """
@@ -22,6 +23,7 @@ import numpy as np
 from absl import app, flags
 from scipy.optimize import linear_sum_assignment
 
+from benchmarks import perf
 from cm import experiment, train
 from cm.data import coupling
 from configs import celebahq256_slct
@@ -61,7 +63,7 @@ def time_ot(b: int, repeats: int) -> dict:
 
 
 def step_cost(batch: int, steps: int):
-    """(XLA FLOPs per image, seconds per image or None) of one sLCT step of the latent network.
+    """(FLOPs per image, seconds per image or None) of one sLCT step of the latent network.
 
     FLOPs come from the lowered step (shapes only: nothing is allocated or compiled); with
     steps > 0 the step is also compiled and timed on the default device (minutes on a CPU).
@@ -76,7 +78,7 @@ def step_cost(batch: int, steps: int):
     local = {"image": x, "noise": coupling.couple_batch(x, 0, 0, batch, 0)}
     batch_arrays = train.global_batch(local, exp)
     abstract = experiment.abstract_state(exp, config)
-    flops = step_fn.lower(abstract, batch_arrays).cost_analysis().get("flops", float("nan"))
+    flops = perf.flops(step_fn.trace(abstract, batch_arrays))
     if steps <= 0:
         return flops / batch, None
     state = experiment.init_state(exp, config)
@@ -106,7 +108,7 @@ def main(argv):
         timed = f", {seconds:.3f} s per image on this device" if seconds is not None else ""
         print(
             f"\nsLCT train step of the latent network (batch {_STEP_BATCH.value}): "
-            f"{flops / 1e9:.1f} GFLOP per image (XLA){timed}"
+            f"{flops / 1e9:.1f} GFLOP per image (lowered){timed}"
         )
 
 

@@ -13,7 +13,21 @@ import time
 from collections.abc import Callable
 
 import jax
+import jax.extend.core as jax_core
 import jax.numpy as jnp
+
+# Two JAX internals with no public entry point, guarded so that a JAX that moves them still
+# runs every benchmark: XLA's cost analysis of an HLO module on a chosen client (without it,
+# the backend's own lowered count, none on GPUs), and the dead-code elimination the lowering
+# runs (without it, a dead scan's body would be added).
+try:
+    from jax._src.lib import _jax as _xla
+except ImportError:  # pragma: no cover (JAX versions without it)
+    _xla = None
+try:
+    from jax._src.interpreters.partial_eval import dce_jaxpr_consts
+except ImportError:  # pragma: no cover
+    dce_jaxpr_consts = None
 
 GIB = 2**30
 
@@ -80,12 +94,79 @@ def median_seconds(fn: Callable, repeats: int) -> float:
     return statistics.median(time_call(fn) for _ in range(repeats))
 
 
-def flops(compiled) -> float:
-    """XLA's FLOP count of a compiled program (NaN when the backend gives none)."""
-    cost = compiled.cost_analysis()
-    if isinstance(cost, list | tuple):  # older JAX: one dict per program
-        cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", float("nan")))
+def flops(traced: jax.stages.Traced, lowered: jax.stages.Lowered | None = None) -> float:
+    """FLOPs of one call of a traced program: XLA's count of its lowered module (the one FLOP
+    count of every benchmark and MFU figure), with each lax.scan body counted once per step.
+
+    What it counts, and why this module: the lowered module is what JAX hands to XLA, before
+    any backend's optimizations, so the count is the same on every device. Compiled modules
+    are not: a GPU's compiled cost analysis counts nothing inside the cuDNN / cuBLAS custom
+    calls that run its convolutions and matmuls (BENCHMARKS.md, "FLOP counts"). XLA counts a
+    multiply-add as 2 FLOPs and an elementwise op as one; a convolution counts only the kernel
+    taps that land inside the input, so a 3 x 3 "same" convolution on n x n counts
+    ((3n - 2) / 3n)^2 of the dense 2 * 9 * C_in * C_out per output pixel that papers quote
+    (about 4 % less at 32 x 32). It is the program as JAX wrote it: where XLA later merges
+    duplicate work (common subexpressions) both copies count, and a custom call counts 0.
+    XLA counts a while loop's body once; for a lax.scan (and fori_loop with static bounds) of
+    length L this adds the body L - 1 more times (with its unrolled copies and nested scans
+    accounted for); a while_loop of unknown trip count stays counted once. A jit with
+    shardings is not yet partitioned when lowered: the count is the whole program over all
+    devices; a jax.shard_map body is one device's share.
+
+    `lowered`: traced.lower() when the caller has it already (lowering is not cached).
+    """
+    lowered = traced.lower() if lowered is None else lowered
+    live = traced.jaxpr.jaxpr
+    if dce_jaxpr_consts is not None:  # as the lowering: no dead scan (one the gradient never reads)
+        live = dce_jaxpr_consts(live, [True] * len(live.outvars))[0]
+    return lowered_flops(lowered) + _scan_extra(live)
+
+
+def lowered_flops(lowered: jax.stages.Lowered) -> float:
+    """XLA's FLOP count of a lowered module, loops counted once (see `flops`).
+
+    Counted by XLA:CPU's cost analysis whatever device the program was lowered for: GPU
+    backends loaded as PJRT plugins give no cost analysis of a lowered module, and the
+    pre-optimization module holds no device-specific convolutions to miss. Converting the
+    module to HLO takes a third to half as long as lowering it. NaN where neither XLA:CPU nor
+    the backend can count.
+    """
+    try:
+        cpu_client = jax.devices("cpu")[0].client if _xla is not None else None
+    except RuntimeError:  # JAX_PLATFORMS without cpu
+        cpu_client = None
+    if cpu_client is None:  # the backend's own count, where it has one
+        cost = lowered.cost_analysis() or {}
+        return float(cost.get("flops", float("nan")))
+    module = lowered.compiler_ir("hlo").as_hlo_module()
+    return float(_xla.hlo_module_cost_analysis(cpu_client, module)["flops"])
+
+
+def _scan_extra(jaxpr) -> float:
+    """FLOPs that XLA's count of the lowered `jaxpr` (a jax.extend.core.Jaxpr) misses because
+    it counts each scan body once: per scan of length L whose body XLA sees in c copies
+    (unroll u < L: u in the loop plus L mod u outside it; u >= L: L, no loop), L x the body's
+    full count - c x XLA's count of the body. Other sub-programs (jit, remat, custom
+    derivatives) are searched for scans; of a cond's branches the largest counts."""
+    extra = 0.0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            body, length = eqn.params["jaxpr"], eqn.params["length"]
+            unroll = length if eqn.params["unroll"] is True else max(int(eqn.params["unroll"]), 1)
+            copies = length if unroll >= length else unroll + length % unroll
+            once = _jaxpr_flops(body)
+            extra += length * (once + _scan_extra(body.jaxpr)) - copies * once
+        else:
+            found = [_scan_extra(sub) for sub in jax_core.jaxprs_in_params(eqn.params)]
+            if found:
+                extra += max(found) if eqn.primitive.name == "cond" else sum(found)
+    return extra
+
+
+def _jaxpr_flops(closed) -> float:
+    """XLA's count of a closed jaxpr lowered on its own (a scan body), loops counted once."""
+    avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.in_avals]
+    return lowered_flops(jax.jit(jax_core.jaxpr_as_fun(closed)).trace(*avals).lower())
 
 
 def temp_bytes(compiled) -> int | None:

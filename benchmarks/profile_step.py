@@ -8,8 +8,11 @@ jax.profiler; the Perfetto trace's device events (a process named like "/device:
 CPU, the XLA worker threads) are summed by kernel name. Prints one table: kernel, milliseconds
 per step, share of the traced device time, calls per step, and a kind: "matmul/conv" for
 library matrix kernels (cuDNN, cuBLAS, CUTLASS, XLA's triton gemms), "fusion" for XLA's
-generated kernels, else "other". The first question it answers on an accelerator: is the step
-bound by convolution arithmetic, or by the many small elementwise and normalization kernels?
+generated kernels, else "other"; then the milliseconds per step of each kind, and the step's
+FLOPs (benchmarks/perf.py `flops`, the lowered count) over the traced time and over the
+matmul/conv kernels' time. The question it answers on an accelerator: how much of the step is
+convolution arithmetic, at what rate, and how much the many small elementwise and
+normalization kernels take.
 """
 
 import collections
@@ -122,7 +125,9 @@ def main(argv):
     step_fn = make_train_step(exp, tuple(config.training.ema_rates), config.seed)
     state = experiment.init_state(exp, config)
     batch = measure.random_batch(config, exp)
-    compiled = step_fn.lower(state, batch).compile()
+    traced = step_fn.trace(state, batch)
+    lowered = traced.lower()
+    compiled = lowered.compile()
     state, metrics = compiled(state, batch)
     jax.block_until_ready((state, metrics))
     trace_dir = FLAGS["trace_dir"].value or tempfile.mkdtemp(prefix="profile_step_")
@@ -139,6 +144,18 @@ def main(argv):
     print(perf.format_table(kernel_table(events, steps, FLAGS["top"].value)))
     kinds = kind_totals(events, steps)
     print("per step: " + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(kinds.items())))
+    print(flop_rates(perf.flops(traced, lowered), kinds))
+
+
+def flop_rates(flops: float, kinds: dict) -> str:
+    """The step's FLOPs over the traced device time per step and over the matmul/conv kernels'
+    time (kinds: ms per step by kernel kind, from kind_totals)."""
+    traced_ms, matmul_ms = sum(kinds.values()), kinds.get("matmul/conv", 0.0)
+    rate = lambda ms: f"{flops / (ms / 1000) / 1e12:.2f} TFLOP/s" if ms else "n/a"  # noqa: E731
+    return (
+        f"FLOPs per step (lowered): {flops / 1e9:.1f} GFLOP; over the traced device time "
+        f"{rate(traced_ms)}, over the matmul/conv kernels' time {rate(matmul_ms)}"
+    )
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@
 
 Prints one table: compile and first-step seconds (the first step of a fresh process, which
 the persistent compilation cache of `training.compilation_cache_dir` shortens), train images/s,
-sampler images/s (1-step), XLA FLOPs per train step, XLA's temporary bytes, the achieved
-FLOP/s, and that as a fraction of a float32 matmul peak measured on the same device in the
-same run. Data are random (the benchmark measures the step, not the input pipeline).
+sampler images/s (1-step), FLOPs per train step (benchmarks/perf.py `flops`: XLA's count of
+the lowered module, over all devices), XLA's temporary bytes, the achieved FLOP/s per device,
+and that as a fraction of a float32 matmul peak measured on one device in the same run. Data
+are random (the benchmark measures the step, not the input pipeline).
 """
 
 import time
@@ -40,6 +41,7 @@ def main(argv):
     costs, state = measure.train_step(config, exp, _STEPS.value, state)
     since_start = time.perf_counter() - _START
     sec, flops = costs["step_s"], costs["flops"]
+    per_device = flops / sec / jax.device_count()  # FLOP/s of one device (data parallel)
     peak = perf.matmul_peak(_MATMUL.value, "f32 highest")
     params = sum(x.size for x in jax.tree.leaves(state.params))
     rows = [
@@ -62,10 +64,10 @@ def main(argv):
         sampled = measure.sampler(config, exp, state.params, name, batch, repeats=3)
         rows.append((f"sampler {name} images/s", f"{batch / sampled['seconds']:.1f}"))
     rows += [
-        ("GFLOP per train step (XLA)", f"{flops / 1e9:.2f}"),
-        ("achieved GFLOP/s", f"{flops / sec / 1e9:.1f}"),
+        ("GFLOP per train step (lowered, all devices)", f"{flops / 1e9:.2f}"),
+        ("achieved GFLOP/s per device", f"{per_device / 1e9:.1f}"),
         ("matmul peak GFLOP/s (measured, float32)", f"{peak / 1e9:.1f}"),
-        ("fraction of peak", perf.fraction(flops / sec, peak)),
+        ("fraction of peak", perf.fraction(per_device, peak)),
     ]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))

@@ -2,9 +2,10 @@
 
     PYTHONPATH=. python benchmarks/vae_throughput.py --image_size=256 --batch=4 --repeats=3
 
-Prints one table row per direction: images/s, seconds per call, XLA FLOPs per image and the
-achieved GFLOP/s. The encoder is the one --mode=encode runs (one scaled posterior sample per
-image); the decoder is the one every sampler of a latent run appends.
+Prints one table row per direction: images/s, seconds per call, FLOPs per image
+(benchmarks/perf.py `flops`: XLA's count of the lowered module) and the achieved GFLOP/s. The
+encoder is the one --mode=encode runs (one scaled posterior sample per image); the decoder is
+the one every sampler of a latent run appends.
 """
 
 import time
@@ -15,6 +16,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from benchmarks import perf
 from cm import experiment, latents
 from cm.models import vae
 
@@ -40,8 +42,8 @@ def _random_params(cfg: vae.VAEConfig):
 
 
 def _time(fn, *args) -> tuple[float, float]:
-    """(best seconds per call, XLA flops per call)."""
-    flops = fn.lower(*args).compile().cost_analysis().get("flops", float("nan"))
+    """(best seconds per call, FLOPs per call)."""
+    flops = perf.flops(fn.trace(*args))
     jax.block_until_ready(fn(*args))
     best = float("inf")
     for _ in range(_REPEATS.value):
