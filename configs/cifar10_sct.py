@@ -1,9 +1,27 @@
-"""sCT on CIFAR-10 (docs/methods.md section 9): continuous-time consistency training from
-scratch, sCM's recipe (arXiv 2410.11081, its CIFAR-10 hyperparameter table) as far as `cm`
-could verify it; numbers marked "unverified" are from the formula sheet or memory of the paper
-and were not checked against its table.
+"""sCT on CIFAR-10 (docs/methods.md section 9): continuous-time consistency training, sCM's
+recipe (arXiv 2410.11081, its CIFAR-10 hyperparameter table) as far as `cm` could verify it;
+numbers marked "unverified" are from the formula sheet or memory of the paper and were not
+checked against its table.
+
+The default is sCT from scratch (random parameters; training logs a warning): sCM's Algorithm 1
+starts sCT from a trained diffusion model, which the variants do (docs/methods.md section 9,
+"sCT's starting point"):
+
+    (none)    sCT from scratch
+    trigflow  from a TrigFlow diffusion run of configs/cifar10_trigflow.py (sCM's start: the
+              same NCSN++ and c_noise(t) = t; P_std 1.4, which FastGen keeps with a TrigFlow
+              checkpoint)
+    edm       from EDM's edm-cifar10-32x32-uncond-vp.pkl, imported (FastGen's CIFAR-10 sCT):
+              DDPM++ read through TrigFlow's edm form, EDM's ln(sigma) / 4 label, P_std 1.8
+              (FastGen's value for an EDM checkpoint)
 
     python launch.py --config=configs/cifar10_sct.py --workdir=gs://bucket/cifar10_sct
+    python launch.py --config=configs/cifar10_trigflow.py --workdir=gs://bucket/trigflow
+    python launch.py --config=configs/cifar10_sct.py:trigflow --workdir=gs://bucket/sct_tf \
+        --config.method.init_from=gs://bucket/trigflow
+    python launch.py --config=configs/cifar10_edm.py --workdir=gs://bucket/edm_vp --mode=import
+    python launch.py --config=configs/cifar10_sct.py:edm --workdir=gs://bucket/sct_edm \
+        --config.method.init_from=gs://bucket/edm_vp
 
 Prepare the data once (array_record: random access, exact resume), then pass
 --config.data.tfds_dir=DIR:
@@ -20,11 +38,11 @@ from configs import cifar10_edm
 from configs.common import base_config, cifar10_data
 from configs.variants import parse_variant
 
-VARIANTS = ()  # no variants besides the default
+VARIANTS = ("trigflow", "edm")  # sCT's starting points (module docstring)
 
 
 def get_config(arg=None):
-    parse_variant(__file__, arg, VARIANTS)
+    variant = parse_variant(__file__, arg, VARIANTS)
     c = base_config()
     cifar10_data(c)
     c.data.num_classes = 0  # sCM's CIFAR-10 numbers are unconditional
@@ -36,7 +54,7 @@ def get_config(arg=None):
     c.model.fourier_param = False
     c.model.augment_dim = 0
     c.model.use_labels = False
-    c.model.dropout = 0.2  # unverified (sCM's table as remembered)
+    c.model.dropout = 0.2  # FastGen's sCM CIFAR-10 config (config_scm.py)
     c.model.matmul_precision = "highest"  # full float32 for consistency training
 
     c.method.name = "sct"
@@ -55,20 +73,50 @@ def get_config(arg=None):
 
     c.augment.p = 0.0
 
-    c.optim.name = "adam"
-    c.optim.learning_rate = 1e-4  # unverified
+    # FastGen's sCM CIFAR-10 recipe (docs/methods.md section 9, "sCT and sCD: open settings"):
+    # RAdam 1e-4, betas (0.9, 0.99), eps 1e-8, no weight decay, a constant rate (no warm-up, no
+    # decay: not EDM2's inverse square root), no effective clipping.
+    c.optim.name = "radam"
+    c.optim.learning_rate = 1e-4
     c.optim.b1 = 0.9
-    c.optim.b2 = 0.99  # unverified (sCM uses EDM2-style Adam betas)
+    c.optim.b2 = 0.99
     c.optim.eps = 1e-8
     c.optim.warmup_steps = 0
     c.optim.grad_clip = 0.0
 
-    c.training.batch_size = 512  # unverified
-    c.training.num_steps = 400_000  # unverified
+    c.training.batch_size = 512  # FastGen's config_sct_cifar10.py
+    c.training.num_steps = 350_000  # FastGen's config_sct_cifar10.py
     c.training.ema_rates = (0.9999,)  # unverified
     c.training.ema_halflife_images = 0
 
     c.sampling.num_samples = 50_000
     c.sampling.batch_size = 1024
     c.sampling.trigflow_mid_times = ((), (1.1,))
+    if variant == "trigflow":
+        from_trigflow(c)
+    elif variant == "edm":
+        from_edm(c)
     return c
+
+
+def from_trigflow(c):
+    """:trigflow: start from configs/cifar10_trigflow.py's network, sCT's own with EDM's 9
+    augmentation labels, which sCT feeds zeros (augment.p = 0: the layer adds nothing)."""
+    c.model.augment_dim = 9
+    c.method.trig_form = "trigflow"
+    c.method.scm_p_std = 1.4  # FastGen's sCM config: 1.4 with a TrigFlow checkpoint
+    c.method.init_from = ""  # the TrigFlow diffusion workdir (module docstring)
+    c.method.init_params = "ema"
+
+
+def from_edm(c):
+    """:edm: start from EDM's DDPM++ (configs/cifar10_edm.py's network, which --mode=import
+    fills), read exactly through TrigFlow's edm form, with sCT's dropout and precision."""
+    dropout, precision = c.model.dropout, c.model.matmul_precision
+    c.model = cifar10_edm.get_config().model  # unconditional; reads zero augmentation labels
+    c.model.dropout, c.model.matmul_precision = dropout, precision
+    c.method.trig_form = "edm"  # F = -net(x_t / sd, c_noise(sd tan t))
+    c.method.noise_label = "log_sigma_over_4"  # EDM's c_noise
+    c.method.scm_p_std = 1.8  # FastGen's sCM config: 1.8 for sCT from the EDM checkpoint
+    c.method.init_from = ""  # the imported EDM workdir (module docstring)
+    c.method.init_params = "ema"

@@ -248,11 +248,12 @@ def test_misconfigured_augmentation_is_one_sentence():
 
 
 def test_the_method_table_names_the_augmenting_methods():
-    """EDM's and MeanFlow's objectives apply the augmentation (MeanFlow's CIFAR-10 recipe
-    trains with it); every other entry refuses augment.p > 0 through the table
+    """EDM's, TrigFlow diffusion's and MeanFlow's objectives apply the augmentation (MeanFlow's
+    CIFAR-10 recipe trains with it); every other entry refuses augment.p > 0 through the table
     (cm/methods/table.py),
     naming the fix."""
-    assert {n for n, m in methods.METHODS.items() if m.augments} == {"edm", "meanflow"}
+    augmenting = {n for n, m in methods.METHODS.items() if m.augments}
+    assert augmenting == {"edm", "meanflow", "trigflow"}
     c = tiny_config()
     c.augment.p = 0.12
     c.model.augment_dim = augment.label_dim(augment.Settings.from_config(c.augment))

@@ -21,7 +21,7 @@ The fields of a `Method`:
         one the samplers call (sample) and a frozen diffusion teacher's (teacher).
         `precond_pair(train_kind, sample_kind)` builds it from precond.SCALINGS. (sct, scd and
         meanflow take TrigFlow / MeanFlow times instead of sigma: their own samplers and
-        objectives are the only callers.)
+        objectives are the only callers; trigflow's train form too, its sample form is sigma's.)
     sampler: a SamplerKind, the kind of the method's samplers: it names its instances from the
         config ({name: levels}, e.g. 1step and 2step from sampling.consistency_levels), builds
         each as a per-device fn(params, rng, labels, shape) around the sample denoiser.
@@ -42,6 +42,8 @@ The fields of a `Method`:
         the method's own config fields, before anything is written (config_checks.check).
     init_sources: which recorded method.name a method.init_from checkpoint may have; None =
         any. requires_init_from: training refuses random parameters (a distilled teacher).
+        scratch_warning: one line that training logs as a warning, not an error, when a new run
+        starts from random parameters (the paper starts the method from a trained model: sCT).
     augments: the objective applies EDM's augmentation when augment.p > 0.
     network_distance: method.distance may name a distance computed by a frozen network
         (losses.NETWORK_DISTANCES: lpips). Its weights are read from the files the config names
@@ -50,6 +52,9 @@ The fields of a `Method`:
         name; the objective then gets fn(a, b, c, extra) from losses.get_distance(name, config).
         config_checks refuses a network distance for the other methods.
     second_noise_label: the network reads a second time label (MeanFlow's r or t - r).
+    clip_denoised(config) -> bool, or None (the default: the sampler re-noises no x0 estimate)
+        the method's sampling switch: its samplers clip every x0 estimate to the data range
+        before re-noising it (sampling.sample_denoiser; docs/methods.md section 8).
 
 The train state of a method without init_aux and init_extra is state.TrainState, exactly as
 before the table existed (its checkpoints keep their layout); with either, it is
@@ -105,11 +110,13 @@ class Method:
     # method.name (its config.json); None = any.
     init_sources: tuple | None = None
     requires_init_from: bool = False  # training refuses to start from random parameters
+    scratch_warning: str = ""  # logged when a new run starts from random parameters
     augments: bool = False  # the objective applies EDM's augmentation when augment.p > 0
     # method.distance may name a network distance (losses.NETWORK_DISTANCES: lpips), whose
     # frozen weights the run then carries in its extra state under the distance's name.
     network_distance: bool = False
     second_noise_label: bool = False  # the network reads a second time label (MeanFlow)
+    clip_denoised: Callable | None = None  # config -> bool: samplers clip each x0 estimate
 
 
 def precond_pair(train_kind: str, sample_kind: str) -> Callable:

@@ -6,12 +6,13 @@ METHODS; tests/test_method_contract.py then runs it through every mode. A run re
 entry once (experiment.build keeps it); everything else takes the entry.
 """
 
-from cm.methods import augment, cd, ect, edm, ict, meanflow, sct
+from cm.methods import augment, cd, ect, edm, ict, meanflow, sct, trigflow_diffusion
 from cm.methods.spec import Denoisers, Method
 
 METHODS = {
     "ict": ict.METHOD,  # iCT / sLCT (docs/methods.md sections 2, 3)
     "edm": edm.METHOD,  # EDM diffusion (section 5)
+    "trigflow": trigflow_diffusion.METHOD,  # TrigFlow diffusion, sCT's start (section 9)
     "ect": ect.METHOD,  # ECT, usually from an EDM run (section 8)
     "cd": cd.METHOD,  # consistency distillation of an EDM teacher (section 8)
     "sct": sct.SCT,  # sCT: TrigFlow, one JVP per step (section 9)
