@@ -9,6 +9,7 @@ import logging as std_logging
 import os
 import re
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -92,6 +93,7 @@ def main(argv):
     import jax
 
     from cm import config_checks, modes
+    from cm.workdir import location, preemption
 
     logging.info(
         "JAX process %d of %d, %d local devices of %d.",
@@ -102,16 +104,24 @@ def main(argv):
     )
     try:
         config_checks.check(_CONFIG.value, _MODE.value)  # before anything touches the workdir
+        location.check(_WORKDIR.value)
         modes.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
         _finish_distributed()
+    except preemption.Stopped as e:  # SIGTERM / SIGINT: checkpoint saved, lock released
+        _finish_distributed()
+        print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except Exception as e:
         # A user error or a full disk: one sentence, no traceback (CM_TRACEBACK=1 shows it).
         # The workdir is kept.
         user_error = isinstance(e, ValueError | FileNotFoundError | FloatingPointError)
-        if os.environ.get("CM_TRACEBACK") or not (user_error or full_disk.is_full_disk(e)):
+        bucket = location.missing_bucket(_WORKDIR.value, e) if isinstance(e, OSError) else None
+        if os.environ.get("CM_TRACEBACK") or not (
+            user_error or bucket or full_disk.is_full_disk(e)
+        ):
             raise
         text = full_disk.message(_WORKDIR.value) if full_disk.is_full_disk(e) else str(e)
-        print(f"error: {text}", file=sys.stderr)
+        print(f"error: {bucket or text}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -181,11 +191,36 @@ def _parse_flags(argv):
         _usage_error(f"{_last_line(e).rstrip('.')}; see python launch.py --help.")
     except OSError as e:  # a --config.* override of a config file that failed to load
         _unloadable_config(e)
+    except Exception as e:  # noqa: BLE001 - the config file's own code failed (SyntaxError, ...)
+        if os.environ.get("CM_TRACEBACK"):
+            raise
+        _usage_error(_failed_config_file(argv, e))
     try:
         _CONFIG.value.keys()  # a config file that failed to load raises on first use
     except OSError as e:
         _unloadable_config(e)
     return rest
+
+
+def _failed_config_file(argv, e: Exception) -> str:
+    """One sentence for a config file whose code raised while loading: the error, where."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    value = given[-1] if given else "the file"  # the last --config= is the one loaded
+    if isinstance(e, SyntaxError):
+        where, cause = f"{e.filename} line {e.lineno}", e.msg
+    else:
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if _own_code(f.filename)]
+        where = f"{frames[-1].filename} line {frames[-1].lineno}" if frames else value
+        cause = _last_line(e) or "no message"
+    return (
+        f"--config={value} cannot be loaded ({type(e).__name__} at {where}: {cause}); fix the "
+        "file, e.g. compare it with configs/demo.py (CM_TRACEBACK=1 shows the traceback)."
+    )
+
+
+def _own_code(filename: str) -> bool:
+    """A frame of a config file (or what it imports), not of Python or a library."""
+    return not (filename.startswith("<") or "-packages" + os.sep in filename)
 
 
 def _unloadable_config(e: OSError):

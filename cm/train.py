@@ -17,9 +17,10 @@ from cm import experiment, sampling, state
 from cm.data import batches, coupling, sources
 from cm.evaluation.run import periodic as periodic_eval
 from cm.io import fileio, images
+from cm.io.progress import TrainClock
 from cm.train_step import global_batch, make_train_step  # noqa: F401 (train.make_train_step)
 from cm.workdir import lock as workdir_lock
-from cm.workdir import run_record
+from cm.workdir import preemption, run_record
 from cm.workdir.checkpoint import Checkpointer
 
 
@@ -70,16 +71,19 @@ def train_and_evaluate(config, workdir: str):
         if config.method.init_from:
             shapes = experiment.param_shapes(exp, config)
             experiment.check_init_from(exp, config, shapes)
+        elif exp.method.scratch_warning:
+            logging.warning("%s", exp.method.scratch_warning)  # sCT from scratch: allowed
         frozen = experiment.frozen_weights(exp, config)
     lock = workdir_lock.lock_workdir(workdir, t)
     try:
-        return _train(config, workdir, source, exp, frozen, shapes)
+        with preemption.watching() as watch:  # SIGTERM / SIGINT: a checkpoint, then a stop
+            return _train(config, workdir, source, exp, frozen, shapes, watch)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(config, workdir: str, source, exp: experiment.Experiment, frozen, shapes):
+def _train(config, workdir: str, source, exp: experiment.Experiment, frozen, shapes, watch):
     t = config.training
     ckpt = Checkpointer(workdir, t.keep_checkpoints)
     if ckpt.latest_step() is not None:
@@ -119,17 +123,25 @@ def _train(config, workdir: str, source, exp: experiment.Experiment, frozen, sha
         # alone sets up TensorBoard, and on a loaded CPU that skew can exceed the 30 s that the
         # first step's gloo rendezvous allows.
         ocp_multihost.sync_global_processes("cm.train.first_step")
+    watch.begin(start)
+    stopping = False
+    clock = TrainClock(start, t.batch_size, t.num_steps)  # images/s, elapsed, ETA in the log
     try:
         for step in range(start + 1, t.num_steps + 1):  # `step` = steps done after this one
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 train_state, metrics = step_fn(train_state, global_batch(next(stream), exp))
             progress(step)
-            ckpt.seal()  # digests of saves that have committed since the last step
-            is_last = step == t.num_steps or step - start == t.steps_per_run
+            finished = step == t.num_steps or step - start == t.steps_per_run
+            # A signal: this step is the last, with its checkpoint (cm/workdir/preemption.py).
+            stopping = watch.reached(step) and not finished
+            is_last = finished or stopping
             if step % t.log_every == 0 or is_last:
                 metrics = jax.device_get(metrics)
                 _nan_guard(float(metrics["loss"]), step, workdir, last_good)
                 writer.write_scalars(step, {k: float(v) for k, v in metrics.items()})
+                line = clock.line(step, float(metrics["loss"]))
+                if jax.process_index() == 0:
+                    logging.info("%s", line)
             if t.snapshot_every and step % t.snapshot_every == 0:
                 _nan_guard_state(train_state, step, workdir, last_good)
                 ckpt.save_snapshot(step, train_state.params, train_state.ema, train_state.power_ema)
@@ -137,10 +149,10 @@ def _train(config, workdir: str, source, exp: experiment.Experiment, frozen, sha
                 _nan_guard_state(train_state, step, workdir, last_good)
                 ckpt.save(step, train_state)
                 last_good = step
-            if t.sample_every and (step % t.sample_every == 0 or is_last):
+            if t.sample_every and not stopping and (step % t.sample_every == 0 or is_last):
                 params = state.sampling_params(train_state, config.sampling.params)
                 write_sample_grids(config, exp, samplers, params, step, workdir, writer)
-            if evaluate and (step % config.eval.every == 0 or step == t.num_steps):
+            if evaluate and not stopping and (step % config.eval.every == 0 or step == t.num_steps):
                 params = state.sampling_params(train_state, config.sampling.params)
                 writer.write_scalars(step, evaluate(params))
             if is_last:
@@ -149,6 +161,8 @@ def _train(config, workdir: str, source, exp: experiment.Experiment, frozen, sha
         stream.close()
         ckpt.close()
         writer.flush()
+    if stopping:
+        raise watch.stopped(step, str(fileio.path(workdir) / "checkpoints" / str(step)))
     return train_state
 
 

@@ -9,12 +9,19 @@ import os
 import subprocess
 from collections.abc import Callable
 
+import jax
 import numpy as np
 import pytest
-from helpers import launch_cmd, subprocess_env, tiny_config
+from helpers import edm_source, launch_cmd, subprocess_env, tiny_config
 from PIL import Image
 
-from cm import config_checks, methods
+from cm import config_checks, experiment, methods
+from cm.io import fileio
+from cm.lcsc import run as lcsc_run
+from cm.lcsc.snapshots import SnapshotStream
+from cm.workdir import run_record
+from cm.workdir.checkpoint import Checkpointer
+from cm.workdir.lock import lock_workdir
 from configs import variants
 
 MODES = ("train", "sample", "eval", "fid_stats", "summary", "encode", "lcsc")
@@ -91,7 +98,11 @@ CASES = [
     Case("config_file_missing", _args("--config=configs/no_such.py"), ("configs/no_such.py",)),
     Case("config_argument_unknown", _args("--config=configs/demo_slct.py:zzz"), ("'zzz'",)),
     # Already clear before issue 10; kept here so that they stay clear.
-    Case("unknown_mode", _args("--mode=fly"), ("--mode 'fly'",)),
+    Case(
+        "unknown_mode",
+        _args("--mode=fly"),
+        ("--mode 'fly'; valid: ['encode', 'eval', 'fid_stats', 'import', 'lcsc', 'sample'",),
+    ),
     Case("misspelled_field", _args("--config.training.batch_sise=8"), ('"batch_size"',)),
     Case("unknown_method", _args("--mode=summary", "--config.method.name=nope"), ("method.name",)),
     Case("unknown_norm", _args("--config.model.norm=batch"), ("model.norm", "'batch'")),
@@ -150,6 +161,61 @@ RESTORE_CASES = [
 ]
 
 
+def _workdir_a_file(tmp):
+    path = os.path.join(tmp, "notes.txt")
+    with open(path, "w") as f:
+        f.write("a file, not a folder")
+    return [f"--workdir={path}"]
+
+
+def _config_with_syntax_error(tmp):
+    path = os.path.join(tmp, "broken.py")
+    with open(path, "w") as f:
+        f.write("def get_config(:\n    pass\n")
+    return [f"--config={path}"]
+
+
+def _stats_of_another_dimension(tmp):
+    """--mode=eval of a checkpointed tiny EDM run (helpers.edm_source: no training) against
+    statistics of 64-d features: refused before the Inception weights and any sampling."""
+    run = os.path.join(tmp, "run")
+    edm_source(run)
+    stats = os.path.join(tmp, "stats64.npz")
+    np.savez(stats, mu=np.zeros(64), sigma=np.eye(64))
+    return [
+        f"--workdir={run}",
+        "--mode=eval",
+        "--config.method.name=edm",
+        "--config.eval.metrics=inception",
+        f"--config.eval.stats_path={stats}",
+    ]
+
+
+# Issue 21, section 3: the faults and bad inputs of the re-audit, and where each is pinned.
+# - a damaged newest checkpoint moved aside and saved again, all three kinds of damage, the same
+#   num_steps, then --mode=sample; and SIGTERM with one process: tests/test_checkpoint.py::
+#   test_a_stopped_run_with_damaged_checkpoints_resumes_and_saves_them_again
+# - SIGTERM with two processes, SIGINT: tests/test_preemption.py
+# - a kill between a checkpoint's commit and its digest: tests/test_checkpoint.py::
+#   test_the_digest_is_on_disk_before_the_save_starts (and the kill -9 test there)
+# - a --workdir that is a file, a config file with a syntax error, statistics of another
+#   dimension: WORKDIR_CASES below; a missing bucket, an LCSC snapshot of another model, the
+#   incompatible-config message, temporaries of killed writes: the tests after the catalog.
+WORKDIR_CASES = [
+    Case("workdir_is_a_file", _workdir_a_file, ("notes.txt is an existing file", "--workdir")),
+    Case(
+        "config_syntax_error",
+        _config_with_syntax_error,
+        ("broken.py cannot be loaded (SyntaxError at", "broken.py line 1"),
+    ),
+    Case(
+        "eval_stats_of_another_dimension",
+        _stats_of_another_dimension,
+        ("eval.stats_path", "stats64.npz", "'mu' [64]", "2048"),
+    ),
+]
+
+
 def _tree(root) -> dict:
     """{relative path: (size, mtime)} of every file and folder under root."""
     out = {}
@@ -164,7 +230,7 @@ def _tree(root) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(c, id=c.id) for c in CASES + DATA_SOURCE_CASES + RESTORE_CASES],
+    [pytest.param(c, id=c.id) for c in CASES + DATA_SOURCE_CASES + RESTORE_CASES + WORKDIR_CASES],
 )
 def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, case):
     workdir = tmp_path / "w"
@@ -184,6 +250,82 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, case):
         assert part in last, last
     assert not workdir.exists()
     assert _tree(tmp_path) == before  # nothing written anywhere, input files untouched
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("gcs")  # the gs:// tests' emulator (tests/test_gcs.py)
+def test_missing_bucket_is_named_with_how_to_create_it(gcs_bucket):
+    cmd = launch_cmd("gs://nosuchbucket/run", "--config.training.num_steps=0")
+    env = {**subprocess_env(), **gcs_bucket.env}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "error: the bucket gs://nosuchbucket of --workdir=gs://nosuchbucket/run does not exist"
+    ), last
+    assert "gcloud storage buckets create gs://nosuchbucket" in last, last
+
+
+# --- issue 21, section 3, in-process --------------------------------------------------------
+
+
+def _zeros(config):
+    shapes = experiment.param_shapes(experiment.build(config), config)
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
+def test_lcsc_snapshot_of_another_model_says_how_to_leave_it_out(tmp_path):
+    """A snapshot of a wider network (an earlier run in the same workdir): the step, how to
+    leave it out, and none of Orbax's advice (strict=False) or "the run's own config"."""
+    wide = _zeros(tiny_config(model__channels=16))
+    ckpt = Checkpointer(str(tmp_path), 1)
+    ckpt.save_snapshot(5, wide, (wide,), (wide, wide))  # 1 EMA and 2 power EMAs, as tiny's
+    ckpt.close()
+    c = tiny_config()
+    stream = SnapshotStream(str(tmp_path), c, experiment.build(c))
+    with pytest.raises(ValueError) as info:
+        stream.load(5)
+    message = str(info.value)
+    assert message.startswith(f"The snapshot at step 5 in {tmp_path} does not match"), message
+    assert "--config.lcsc.first_step / --config.lcsc.last_step" in message
+    assert f"move {tmp_path / 'snapshots' / '5'} out of snapshots/." in message
+    assert "strict" not in message and "own config" not in message
+
+
+def test_incompatible_config_names_only_the_differing_fields():
+    saved = tiny_config().to_dict()
+    current = tiny_config(model__channels=16, model__dropout=0.1).to_dict()
+    with pytest.raises(ValueError) as info:
+        run_record.check_compatible(saved, current, "/w")
+    message = str(info.value)
+    assert message == (
+        "The workdir /w holds a run of an incompatible config (model.channels: 8 there, 16 now; "
+        "model.dropout: 0.0 there, 0.1 now); use a new --workdir or set back "
+        "--config.model.channels, --config.model.dropout."
+    )
+
+
+def test_temporaries_of_killed_writes_are_removed_at_the_next_start(tmp_path):
+    """Training's start (once it holds the lock) clears the workdir's record folders; LCSC's
+    start clears its output folder. Only the atomic writes' own names are removed."""
+    left = [".config.json.tmp-0123abcd", "digests/.4.json.tmp-89abcdef", "starts/.s.tmp-00ff00ff"]
+    kept = [".config.json.tmp-mine", "starts/step2.json", "lcsc/notes.tmp-01234567"]
+    for name in [*left, *kept, "lcsc/.state.json.tmp-deadbeef"]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("{")
+    lock_workdir(str(tmp_path), tiny_config().training).release()
+    assert not any((tmp_path / name).exists() for name in left)
+    c = tiny_config()
+    params = _zeros(c)
+    ckpt = Checkpointer(str(tmp_path), 1)
+    for step in (2, 4):
+        ckpt.save_snapshot(step, params, (params,), (params, params))
+    ckpt.close()
+    (tmp_path / "lcsc" / "state.json").write_text("{")  # refused right after the cleanup
+    with pytest.raises(ValueError, match="is not a state file"):
+        lcsc_run.lcsc(c, str(tmp_path))
+    assert fileio.listdir(tmp_path / "lcsc") == ["notes.tmp-01234567", "state.json"]
+    assert all((tmp_path / name).exists() for name in kept)
 
 
 # --- config_checks in-process --------------------------------------------------------------

@@ -14,11 +14,12 @@ import numpy as np
 import optax
 import pytest
 from helpers import launch_cmd, subprocess_env, tiny_config
+from test_preemption import signal_at, verified_step
 
 from cm import modes, train
 from cm import state as state_lib
 from cm.io import fileio
-from cm.workdir import run_record
+from cm.workdir import preemption, run_record
 from cm.workdir.checkpoint import Checkpointer, NoCheckpointError, state_digest
 from cm.workdir.lock import WorkdirLock
 
@@ -86,38 +87,154 @@ def _flip_bytes(root, step):
         path.write_bytes(bytes(data))
 
 
+# The three kinds of damage to a checkpoint's files (the audit's), then a digest that lies.
+ON_DISK = {
+    "truncated data files": _truncate,
+    "flipped bytes in the data files": _flip_bytes,
+    "missing _METADATA": lambda root, step: (
+        root / f"checkpoints/{step}/default/_METADATA"
+    ).unlink(),
+}
 DAMAGE = {
-    "truncated data files": lambda root: _truncate(root, 2),
-    "flipped bytes in the data files": lambda root: _flip_bytes(root, 2),
-    "missing _METADATA": lambda root: (root / "checkpoints/2/default/_METADATA").unlink(),
-    "content differs from its digest": lambda root: fileio.write_json_atomic(
-        root / "digests" / "2.json", {"sha256": "0" * 64}
+    **ON_DISK,
+    "content differs from its digest": lambda root, step: fileio.write_json_atomic(
+        root / "digests" / f"{step}.json", {"sha256": "0" * 64}
     ),
 }
+
+
+def _set_aside(root) -> list[str]:
+    return fileio.listdir(root / "set_aside")
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, damage, caplog):
     _two_checkpoints(tmp_path)
-    DAMAGE[damage](tmp_path)
-    ckpt = Checkpointer(str(tmp_path), 3)
+    DAMAGE[damage](tmp_path, 2)
+    old_digest = fileio.read_json(tmp_path / "digests" / "2.json")["sha256"]
+    reader = Checkpointer(str(tmp_path), read_only=True)  # sample / eval: nothing moves
+    reader.restore(_abstract(_state(0.0)))
+    assert reader.restored_step == 1 and not (tmp_path / "set_aside").exists()
+    ckpt = Checkpointer(str(tmp_path), 3)  # a training start
     restored = ckpt.restore(_abstract(_state(0.0)))
     assert ckpt.restored_step == 1
     jax.tree.map(np.testing.assert_array_equal, restored, _state(1.0))
     assert "Restored step 1" in caplog.text and "step 2:" in caplog.text
+    # Moved aside (kept, with a record of why), named in the warning; step 2 can be saved again.
+    (folder, record) = _set_aside(tmp_path)
+    assert (
+        record == f"{folder}.json" and f"step 2 -> {tmp_path / 'set_aside' / folder}" in caplog.text
+    )
+    assert fileio.read_json(tmp_path / "set_aside" / record)["sha256"] == old_digest
+    assert (tmp_path / "set_aside" / folder / "default").is_dir()
+    assert ckpt.all_steps() == [1] and not (tmp_path / "digests" / "2.json").exists()
+    ckpt.save(2, _state(2.5))
+    ckpt.close()
+    again = Checkpointer(str(tmp_path), 3)
+    jax.tree.map(np.testing.assert_array_equal, again.restore(_abstract(_state(0.0))), _state(2.5))
+    assert again.restored_step == 2
 
 
-def test_unsealed_checkpoint_is_the_last_resort(tmp_path):
+@pytest.mark.slow
+def test_a_stopped_run_with_damaged_checkpoints_resumes_and_saves_them_again(
+    tmp_path, monkeypatch, caplog
+):
+    """One training, two faults (merged to pay for one run):
+
+    1. SIGTERM during step 7 of 8 (one process; two: tests/test_preemption.py): a checkpoint at
+       7 read back equal to its digest, the lock released, exit code 143, the resume command in
+       the message, the handlers that were there before put back.
+    2. The audit's serious case: the three kinds of damage on disk at once, one per newest
+       step (7, 6, 4), then the same command (the same num_steps): it falls back to step 2,
+       moves 4, 6 and 7 aside (kept with a record, named in the warning), trains steps 3-8 and
+       saves 4, 6 and 8; 4 and 6 with their original digests (a resume is bitwise exact), and
+       --mode=sample uses step 8, read back equal to its digest (no fallback warning).
+    """
+    caplog.set_level("INFO")
+    received = []
+    guard = lambda signum, frame: received.append(signum)  # noqa: E731 - without ours: caught
+    before = {signum: signal.signal(signum, guard) for signum in preemption.SIGNALS}
+    try:
+        c = tiny_config(training__num_steps=8, training__keep_checkpoints=4)  # checkpoints 2..8
+        signal_at(monkeypatch, 7, signal.SIGTERM)
+        with pytest.raises(preemption.Stopped) as stop:
+            train.train_and_evaluate(c, str(tmp_path))
+        assert [signal.getsignal(s) for s in preemption.SIGNALS] == [guard, guard]
+        assert received == []  # the signal went to training's handler
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert str(stop.value) == (
+        f"SIGTERM stopped training after step 7; its checkpoint is {tmp_path}/checkpoints/7: "
+        "rerun the same command to resume from it."
+    )
+    assert stop.value.exit_code == 128 + signal.SIGTERM == 143
+    assert verified_step(tmp_path) == 7 and not (tmp_path / "lock.json").exists()
+    assert Checkpointer(str(tmp_path), 4).all_steps() == [2, 4, 6, 7]
+
+    original = {s: fileio.read_json(tmp_path / f"digests/{s}.json") for s in (2, 4, 6)}
+    for step, damage in zip((7, 6, 4), ON_DISK.values(), strict=True):
+        damage(tmp_path, step)
+    monkeypatch.undo()  # the training step without the signal
+    caplog.clear()
+    train.train_and_evaluate(c, str(tmp_path))
+    assert "Resumed from step 2" in caplog.text
+    moved = [n for n in _set_aside(tmp_path) if not n.endswith(".json")]
+    assert sorted(int(n.split("_")[0]) for n in moved) == [4, 6, 7]
+    for name in moved:  # each kept with its record, and named in the warning
+        assert f"step {name.split('_')[0]} -> {tmp_path / 'set_aside' / name}" in caplog.text
+        assert (tmp_path / "set_aside" / f"{name}.json").exists()
+    assert Checkpointer(str(tmp_path), 4).all_steps() == [2, 4, 6, 8]
+    assert {s: fileio.read_json(tmp_path / f"digests/{s}.json") for s in original} == original
+    caplog.clear()
+    c.sampling.consistency_levels = ((),)  # the 1-step sampler only
+    modes.run("sample", c, str(tmp_path))
+    assert "Restored step" not in caplog.text  # step 8 read back equal to its digest
+    assert (tmp_path / "samples" / "1step_step00000008.npz").exists()
+
+
+def test_unsealed_checkpoint_is_the_last_resort(tmp_path, caplog):
     _two_checkpoints(tmp_path)
-    (tmp_path / "digests" / "2.json").unlink()  # killed after the commit, before the digest
+    (tmp_path / "digests" / "2.json").unlink()  # no digest: an older version's kill window
+    reader = Checkpointer(str(tmp_path), read_only=True)
+    reader.restore(_abstract(_state(0.0)))
+    assert reader.restored_step == 1
+    (tmp_path / "digests" / "1.json").unlink()
+    reader = Checkpointer(str(tmp_path), read_only=True)
+    restored = reader.restore(_abstract(_state(0.0)))
+    assert reader.restored_step == 2
+    jax.tree.map(np.testing.assert_array_equal, restored, _state(2.0))
+    # A training start that trusts a sealed step moves the newer unsealed one aside.
+    fileio.write_json_atomic(tmp_path / "digests" / "1.json", {"sha256": state_digest(_state(1.0))})
     ckpt = Checkpointer(str(tmp_path), 3)
     ckpt.restore(_abstract(_state(0.0)))
-    assert ckpt.restored_step == 1
-    (tmp_path / "digests" / "1.json").unlink()
+    assert ckpt.restored_step == 1 and ckpt.all_steps() == [1]
+    assert "step 2: no digest, unverified" in caplog.text and len(_set_aside(tmp_path)) == 2
+
+
+def test_the_digest_is_on_disk_before_the_save_starts(tmp_path):
+    """So a kill between a checkpoint's commit and the next save leaves it sealed: the
+    digest file exists when Orbax is asked to save, and the step is listed only once it
+    commits."""
     ckpt = Checkpointer(str(tmp_path), 3)
-    restored = ckpt.restore(_abstract(_state(0.0)))
-    assert ckpt.restored_step == 2
-    jax.tree.map(np.testing.assert_array_equal, restored, _state(2.0))
+    orbax_save = ckpt._state.save
+    seen = []
+
+    def save(step, args):
+        seen.append(fileio.read_json(tmp_path / "digests" / f"{step}.json")["sha256"])
+        return orbax_save(step, args=args)
+
+    ckpt._state.save = save
+    ckpt.save(4, _state(4.0))
+    ckpt.close()
+    assert seen == [state_digest(_state(4.0))]
+    fileio.write_json_atomic(tmp_path / "digests" / "9.json", {"sha256": "0" * 64})  # never saved
+    ckpt = Checkpointer(str(tmp_path), 3)
+    with pytest.raises(ValueError, match=r"Cannot save step 3 .* checkpoint 4 is not older"):
+        ckpt.save(3, _state(3.0))  # Orbax would skip it without a word
+    ckpt.save(5, _state(5.0))
+    ckpt.close()
+    assert fileio.listdir(tmp_path / "digests") == ["4.json", "5.json"]  # 9: no such step
 
 
 def test_no_restorable_checkpoint_is_one_sentence(tmp_path):
@@ -221,12 +338,12 @@ def test_lock_heartbeat_refreshes_the_file(tmp_path):
     lock.release()
 
 
-@pytest.mark.slow
 def _error_lines(stderr: str) -> list[str]:
     """The `error:` lines of a launch.py run (the interpreter may print warnings after it)."""
     return [line for line in stderr.strip().splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 def test_second_process_is_refused_and_a_killed_owner_is_taken_over(tmp_path):
     """Real processes: the second start on a busy workdir exits 2 at once with one sentence and
     touches nothing; after kill -9 of the owner the same command resumes from its checkpoint."""
@@ -251,9 +368,10 @@ def test_second_process_is_refused_and_a_killed_owner_is_taken_over(tmp_path):
         owner.send_signal(signal.SIGKILL)
         owner.wait()
     saved = Checkpointer(str(workdir), 3).all_steps()
-    # The kill may land inside a save: the newest step without its digest is not good, and the
-    # resume falls back to the newest step whose digest was written (cm/workdir/checkpoint.py).
-    good = max(s for s in saved if (workdir / "digests" / f"{s}.json").exists())
+    # Wherever the kill landed (inside a save too), every committed step has its digest: it is
+    # written before the save starts (cm/workdir/checkpoint.py), so the resume takes the newest.
+    assert all((workdir / "digests" / f"{s}.json").exists() for s in saved)
+    good = max(saved)
     target = max(saved) + 2
     again = launch_cmd(workdir, f"--config.training.num_steps={target}", steps[1])
     resumed = subprocess.run(again, env=env, capture_output=True, text=True, timeout=240)

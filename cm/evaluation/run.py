@@ -7,6 +7,7 @@ and a sample grid per sampler to <workdir>/eval/<sampler>_step<k>.png.
 """
 
 import json
+import zipfile
 
 import jax
 import numpy as np
@@ -14,8 +15,9 @@ import numpy as np
 from cm import experiment, sampling
 from cm.data import latent_data
 from cm.evaluation import evaluator as evaluator_lib
-from cm.evaluation import inception_metric, reference_stats
+from cm.evaluation import inception, inception_metric, reference_stats
 from cm.io import fileio, images
+from cm.io import progress as progress_lib
 
 
 def sample_and_score(config, samplers: dict, params, evaluator, num_samples: int, progress=True):
@@ -23,7 +25,8 @@ def sample_and_score(config, samplers: dict, params, evaluator, num_samples: int
     sampler; the grid shows the first eval.grid_samples of them, sorted by class."""
     results, grids = {}, {}
     for name, sampler in samplers.items():
-        report = _progress(name) if progress and jax.process_index() == 0 else None
+        show = progress and jax.process_index() == 0  # a bar, or a line every ~10 % in a log
+        report = progress_lib.reporter(name, "samples") if show else None
         pics, labels = sampling.generate(
             sampler, params, config.sampling.seed, num_samples, config.sampling.batch_size, report
         )
@@ -35,6 +38,7 @@ def sample_and_score(config, samplers: dict, params, evaluator, num_samples: int
 
 def evaluate(config, workdir: str, exp, params, step: int) -> dict:
     """The eval mode on restored parameters: metrics JSON, TensorBoard scalars, grids."""
+    check_reference_dims(config, workdir)  # before the Inception weights and any sampling
     evaluator = evaluator_lib.Evaluator(config, workdir, exp.mesh)
     n = config.eval.num_samples
     results = {"step": step, "num_samples": n, **evaluator.reference()}
@@ -82,11 +86,59 @@ def write_reference_stats(config, workdir: str) -> dict:
     return stats
 
 
+def check_reference_dims(config, workdir: str):
+    """Refuses reference statistics whose dimension is not the Inception pool features' (the
+    FID of 2048-d features against them fails only after all the sampling), naming the file
+    and the field; reads the arrays' headers only. A missing file is computed later."""
+    if "inception" not in evaluator_lib.metric_names(config):
+        return
+    path = reference_stats.stats_path(config, workdir)
+    if not fileio.exists(path):
+        return
+    shapes = _npz_shapes(path)
+    d = inception.FEATURE_DIM
+    expected = {"mu": (d,), "sigma": (d, d), "features": (shapes.get("features", (0,))[0], d)}
+    wrong = [
+        f"'{k}' {list(shapes[k])}" for k in expected if shapes.get(k, expected[k]) != expected[k]
+    ]
+    if wrong:
+        field = "eval.stats_path" if config.eval.stats_path else "eval.stats_path (unset: default)"
+        raise ValueError(
+            f"{field} = {path} holds {', '.join(wrong)}, but FID compares {d}-dimensional "
+            f"Inception pool features ('mu' [{d}], 'sigma' [{d}, {d}]); set "
+            "--config.eval.stats_path to statistics of this data written by --mode=fid_stats "
+            "(or move that file away to have them computed)."
+        )
+
+
+def _npz_shapes(path) -> dict[str, tuple]:
+    """{array name: shape} of an .npz, from each member's .npy header (no array is read)."""
+    shapes = {}
+    with fileio.open_file(path) as file:
+        try:
+            archive = zipfile.ZipFile(file)
+        except zipfile.BadZipFile as e:
+            raise ValueError(
+                f"eval.stats_path = {path} is not an .npz file ({e}); set --config.eval."
+                "stats_path to statistics written by --mode=fid_stats."
+            ) from e
+        with archive:
+            for name in archive.namelist():
+                with archive.open(name) as member:
+                    version = np.lib.format.read_magic(member)
+                    read = np.lib.format.read_array_header_1_0
+                    if version != (1, 0):
+                        read = np.lib.format.read_array_header_2_0
+                    shapes[name.removesuffix(".npy")] = read(member)[0]
+    return shapes
+
+
 def periodic(config, exp, samplers: dict, workdir: str):
     """fn(params) -> {'eval/<sampler>/<metric>': value} on eval.train_num_samples samples,
     for the training loop every eval.every steps; None when eval.every is 0."""
     if not config.eval.every:
         return None
+    check_reference_dims(config, workdir)
     evaluator = evaluator_lib.Evaluator(config, workdir, exp.mesh)
     n = config.eval.train_num_samples
 
@@ -94,11 +146,3 @@ def periodic(config, exp, samplers: dict, workdir: str):
         return scalars(sample_and_score(config, samplers, params, evaluator, n, False)[0])
 
     return run
-
-
-def _progress(name: str):
-    def report(done: int, total: int):
-        end = "\n" if done >= total else ""
-        print(f"\r{name}: {done}/{total} samples", end=end, flush=True)
-
-    return report

@@ -14,6 +14,7 @@ written atomically:
 import io
 import json
 import os
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +23,9 @@ import numpy as np
 from etils import epath
 
 PathLike = str | os.PathLike
+
+# The name an atomic write gives its temporary file beside the target: .<name>.tmp-<8 hex>.
+_TEMPORARY = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
 
 
 def path(p: PathLike) -> epath.Path:
@@ -111,6 +115,12 @@ def rename(src: PathLike, dst: PathLike):
     path(src).replace(path(dst))
 
 
+def move(src: PathLike, dst: PathLike):
+    """Moves a file or a folder to a new name in an existing folder (dst must not exist); on an
+    object store, a copy and a delete of each object."""
+    path(src).rename(path(dst))
+
+
 def read_bytes(p: PathLike) -> bytes:
     return path(p).read_bytes()
 
@@ -130,7 +140,7 @@ def write_bytes_atomic(p: PathLike, data: bytes):
         p.write_bytes(data)
         return
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.parent / f".{p.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = p.parent / f".{p.name}.tmp-{uuid.uuid4().hex[:8]}"  # matches _TEMPORARY
     try:
         with open(tmp, "wb") as f:  # a local path: fsync makes the rename durable
             f.write(data)
@@ -140,6 +150,15 @@ def write_bytes_atomic(p: PathLike, data: bytes):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_temporaries(folder: PathLike) -> list[str]:
+    """Removes the temporary files that atomic writes killed midway left in `folder` (not in
+    its subfolders); returns their names. Only where no write is in flight (a lock held)."""
+    names = [name for name in listdir(folder) if _TEMPORARY.match(name)]
+    for name in names:
+        remove(path(folder) / name)
+    return names
 
 
 def write_text_atomic(p: PathLike, text: str):

@@ -148,6 +148,9 @@ def _lcsc(config, workdir: str, exp, stream) -> dict:
         )
     members = tuple((s, source_member(lc.source)) for s in steps)
     out_dir = fileio.path(workdir) / lc.name
+    if jax.process_index() == 0:  # a search killed mid-write left its temporary files
+        for folder in (out_dir, out_dir / "merged"):
+            fileio.remove_temporaries(folder)
     state_path = out_dir / search_state.FILE
     st = search_state.load_or_new(state_path, steps, search_settings(lc), lc.name)
     ev = Evaluations(config, workdir, exp, stream, members, st, state_path)

@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 
 from cm import experiment, state
 from cm.io import fileio
+from cm.workdir.checkpoint import orbax_cause
 
 ONLINE = ("params",)
 
@@ -84,9 +85,13 @@ class SnapshotStream:
         try:
             tree = self._manager.restore(step, args=args)
         except (ValueError, KeyError, FileNotFoundError) as e:
+            # The run's config was checked against config.json: this snapshot is another
+            # run's (one trained earlier in this workdir, or copied in).
             raise ValueError(
                 f"The snapshot at step {step} in {self.workdir} does not match this config "
-                f"({str(e).splitlines()[0][:200]}); run --mode=lcsc with the run's own config."
+                f"({orbax_cause(e)}), so it was not written by this run; leave it out with "
+                "--config.lcsc.first_step / --config.lcsc.last_step, or move "
+                f"{fileio.path(self.workdir) / 'snapshots' / str(step)} out of snapshots/."
             ) from e
         return tree["params"] if member == ONLINE else tree[kind][member[1]]
 

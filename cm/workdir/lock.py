@@ -7,6 +7,9 @@ on any host, its heartbeat is older than `stale_seconds` (the owner refreshes it
 `heartbeat_seconds` from a background thread, so a kill -9 stops it). Object stores have no
 exclusive create, so after writing, the lock is read back and kept only if it holds our token:
 two starts racing within one round trip is the one case this cannot rule out.
+
+Once the lock is ours no one else writes the workdir's records, so the temporary files of
+atomic writes killed midway (.config.json.tmp-*, digests/.3.json.tmp-*) are removed then.
 """
 
 import os
@@ -131,4 +134,20 @@ def lock_workdir(workdir: str, t):
             error = ValueError(f"Process 0 could not lock the workdir {workdir}; see its error.")
     if error is not None:
         raise error
+    if lock is not None:
+        remove_temporaries(workdir)
     return lock
+
+
+# The workdir's folders of atomically written records (run_record.py, checkpoint.py).
+RECORD_FOLDERS = ("", "digests", "starts")
+
+
+def remove_temporaries(workdir: str):
+    """Leftovers of atomic writes killed midway in the workdir's record folders, logged."""
+    root = fileio.path(workdir)
+    removed = [
+        f"{d}/{n}" if d else n for d in RECORD_FOLDERS for n in fileio.remove_temporaries(root / d)
+    ]
+    if removed:
+        logging.info("Removed temporary files of interrupted writes in %s: %s", workdir, removed)

@@ -77,15 +77,30 @@ def _structural(tree: dict, field: str):
     return value
 
 
+def _differences(old, new, field: str) -> list[tuple[str, object, object]]:
+    """(dotted field, old, new) of every leaf that differs; a section compared key by key."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [(field, old, new)]
+    missing = "(absent)"
+    return [
+        diff
+        for key in sorted(set(old) | set(new))
+        for diff in _differences(old.get(key, missing), new.get(key, missing), f"{field}.{key}")
+    ]
+
+
 def check_compatible(saved: dict, current: dict, workdir: str):
-    """Raises one sentence naming the first structural field that differs from the saved run."""
+    """Raises one sentence naming the structural fields that differ from the saved run (the
+    first structural section that differs; each of its differing leaves)."""
     saved = _with_later_fields(saved)
     for field in STRUCTURAL_FIELDS:
-        old, new = _structural(saved, field), _structural(current, field)
-        if old != new:
+        diffs = _differences(_structural(saved, field), _structural(current, field), field)
+        if diffs:
+            listed = "; ".join(f"{name}: {old} there, {new} now" for name, old, new in diffs)
+            back = ", ".join(f"--config.{name}" for name, _, _ in diffs)
             raise ValueError(
-                f"The workdir {workdir} holds a run of an incompatible config ({field}: "
-                f"{old} there, {new} now); use a new --workdir or set --config.{field} back."
+                f"The workdir {workdir} holds a run of an incompatible config ({listed}); use a "
+                f"new --workdir or set back {back}."
             )
 
 
