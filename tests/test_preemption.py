@@ -1,5 +1,7 @@
 """SIGTERM (a preemption notice) and SIGINT during training: the step in flight is finished and
 checkpointed, the lock released, and the run says where to resume (cm/workdir/preemption.py).
+The two-process test is also the check that two jax.distributed processes (2 CPU devices each)
+train as one process with 4 devices.
 
 One process stopped by SIGTERM mid-run: tests/test_checkpoint.py::
 test_a_stopped_run_with_damaged_checkpoints_resumes_and_saves_them_again (one training for it
@@ -11,6 +13,9 @@ import socket
 import subprocess
 import time
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from helpers import launch_cmd, subprocess_env, tiny_config
 
@@ -70,6 +75,9 @@ def test_sigint_stops_at_the_next_check_and_a_second_one_acts_as_before():
         signal.signal(signal.SIGINT, before)
 
 
+_LONG = 100_000  # training.num_steps of a run that is stopped long before its end
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -77,10 +85,11 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_agree_on_the_step_to_stop_at(tmp_path):
+def test_two_processes_agree_on_the_step_to_stop_at_and_match_one_process(tmp_path):
     """SIGTERM to process 1 only (a preempted host): JAX's preemption service has both
     processes stop after the same step, both save it (one checkpoint, its digest matching),
-    release the lock, print where to resume and exit with 143."""
+    release the lock, print where to resume and exit with 143. The parameters they saved are
+    those of one process with 4 devices trained for as many steps."""
     workdir = tmp_path / "w"
     address = f"localhost:{_free_port()}"
     logs = [tmp_path / f"process{p}.log" for p in range(2)]
@@ -89,7 +98,7 @@ def test_two_processes_agree_on_the_step_to_stop_at(tmp_path):
         with open(logs[p], "w") as log:  # the child keeps its own copy
             cmd = launch_cmd(
                 workdir,
-                "--config.training.num_steps=100000",
+                f"--config.training.num_steps={_LONG}",
                 "--config.training.checkpoint_every=2",
                 "--config.training.snapshot_every=0",
                 f"--coordinator_address={address}",
@@ -118,3 +127,17 @@ def test_two_processes_agree_on_the_step_to_stop_at(tmp_path):
     assert step >= 2 and f"its checkpoint is {workdir / 'checkpoints' / str(step)}:" in lines[0][0]
     assert "rerun the same command" in lines[0][0] and "Traceback" not in outputs[0]
     assert verified_step(workdir) == step and not (workdir / "lock.json").exists()
+    assert "process 1 of 2, 2 local devices of 4" in outputs[1]
+    c = tiny_config()  # the config of launch_cmd's flags, in this process on its 4 devices
+    c.training.num_steps, c.training.steps_per_run = _LONG, step  # the same schedules
+    c.training.checkpoint_every = 100
+    one = train.train_and_evaluate(c, str(tmp_path / "one"))
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), one
+    )
+    two = ocp.StandardCheckpointer().restore(
+        str(workdir / "checkpoints" / str(step) / "default"), target
+    )
+    assert int(two.step) == int(one.step) == step
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-7)
