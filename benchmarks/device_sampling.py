@@ -1,5 +1,6 @@
 """The device check's evaluation-cost rows: a sampler call of cifar10_ict's 1-step sampler and
-of cifar10_edm's Heun (18 steps, 35 network evaluations) at the config's precision, the FID
+of cifar10_edm's Heun (18 steps, 35 network evaluations; --quick: 2 steps) at the config's
+precision, the FID
 Inception features of 32 px uint8 images (full float32, as evaluation runs), and from the two
 rates the projected wall time of a 50k-sample FID on one device, which is what an evaluation
 of a paper model costs here (the reference statistics are computed once per dataset)."""
@@ -9,7 +10,7 @@ import jax
 from benchmarks import device_rows, device_setup, inception_throughput, measure
 from cm import experiment
 
-SAMPLERS = (("cifar10_ict", "1step"), ("cifar10_edm", "heun18"))  # 1 and 35 evaluations
+SAMPLERS = (("cifar10_ict", "1step"), ("cifar10_edm", "heun"))  # 1 and 2 N - 1 evaluations
 FID_SAMPLES = 50_000  # the published protocol (docs/methods.md section 7)
 INCEPTION_IMAGE_SIZE = 32  # CIFAR-10 samples; resized to 299 inside the feature path
 
@@ -30,8 +31,18 @@ def unit_inception(spec: dict) -> dict:
     return {**result, **device_setup.context(spec, "f32 highest")}  # the Inception: HIGHEST
 
 
+def sampler_name(network: str, kind: str, quick: bool) -> str:
+    """The name of a SAMPLERS kind among the network config's samplers: 1step, or heunN with
+    the config's N (18; --quick: tiny.TINY_PAPER_NETWORK's)."""
+    if kind != "heun":
+        return kind
+    return f"heun{device_setup.network_config(network, 1, quick).sampling.heun_steps}"
+
+
 def sample_item(spec: dict) -> str:
-    return "sample 1-step" if spec["sampler"] == "1step" else "sample Heun (35 evals)"
+    if spec["sampler"] == "1step":
+        return "sample 1-step"
+    return f"sample Heun ({2 * int(spec['sampler'].removeprefix('heun')) - 1} evals)"
 
 
 def sample_row(spec: dict, r: dict, tag: str) -> dict:

@@ -50,8 +50,9 @@ def plan(
                     (f"train/{name}{mark}/{mode}", {**spec, "batch": batch_for(name, quick)})
                 )
     if "sample" in sections:
-        for name, sampler in device_sampling.SAMPLERS:
+        for name, kind in device_sampling.SAMPLERS:
             if name in networks:
+                sampler = device_sampling.sampler_name(name, kind, quick)
                 spec = {**base, "kind": "sample", "network": name, "sampler": sampler}
                 spec["batch"] = batch_for(name, quick)
                 units.append((f"sample/{name}{mark}/{sampler}", spec))

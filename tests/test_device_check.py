@@ -110,7 +110,7 @@ def test_quick_check_prints_one_table_with_every_row():
     assert items.count("recipe on 8 devices") == len(NETWORKS) and items.count("inception") == 1
     assert {i for i in items if i.startswith("sample")} == {
         "sample 1-step",
-        "sample Heun (35 evals)",
+        "sample Heun (3 evals)",  # --quick: 2 Heun steps (tiny.TINY_PAPER_NETWORK)
     }
     assert sum(i.startswith("fid 50k") for i in items) == 2
     train = [r for r in rows if r["item"] == "train"]
