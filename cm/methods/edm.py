@@ -47,18 +47,27 @@ def edm_loss(
     return loss, {"loss": loss, "sigma_mean": jnp.mean(sigma)}
 
 
-def objective(config, denoisers):
-    """EDM's loss_fn with the config's values (the table's objective)."""
-    m = config.method
-    loss = functools.partial(
-        edm_loss,
-        denoisers.train,
-        p_mean=m.p_mean,
-        p_std=m.p_std,
-        sigma_data=m.sigma_data,
-        augment_settings=augment.Settings.from_config(config.augment),
-    )
-    return stateless(loss)
+def lognormal_objective(loss_fn):
+    """The table's objective(config, denoisers) of a diffusion loss with EDM's keywords
+    (ln sigma ~ N(method.p_mean, method.p_std^2), method.sigma_data, EDM's augmentation):
+    EDM's and TrigFlow diffusion's."""
+
+    def objective(config, denoisers):
+        m = config.method
+        loss = functools.partial(
+            loss_fn,
+            denoisers.train,
+            p_mean=m.p_mean,
+            p_std=m.p_std,
+            sigma_data=m.sigma_data,
+            augment_settings=augment.Settings.from_config(config.augment),
+        )
+        return stateless(loss)
+
+    return objective
+
+
+objective = lognormal_objective(edm_loss)  # EDM's loss_fn with the config's values
 
 
 METHOD = Method(

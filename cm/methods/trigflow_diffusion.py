@@ -16,13 +16,11 @@ Sampling: EDM's Heun sampler over the x0 prediction as an EDM denoiser of sigma,
 D(x, sigma) = f(cos t x, t) with t = arctan(sigma / sd) (x = x0 + sigma n is x_t / cos t).
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
-from cm.methods import augment, sct, trigflow
-from cm.methods.spec import HEUN_SAMPLERS, Denoisers, Method, invalid, require_number, stateless
+from cm.methods import augment, edm, sct, trigflow
+from cm.methods.spec import HEUN_SAMPLERS, Denoisers, Method, invalid, require_number
 from cm.precond import bcast
 
 # No fields of its own: the time law is EDM's method.p_mean / p_std, the network form sCT's
@@ -85,18 +83,7 @@ def parameterization(config, model) -> Denoisers:
     return Denoisers(train=F, sample=D, teacher=D)
 
 
-def objective(config, denoisers):
-    """The TrigFlow diffusion loss_fn with the config's values (the table's objective)."""
-    m = config.method
-    loss = functools.partial(
-        trigflow_diffusion_loss,
-        denoisers.train,
-        p_mean=m.p_mean,
-        p_std=m.p_std,
-        sigma_data=m.sigma_data,
-        augment_settings=augment.Settings.from_config(config.augment),
-    )
-    return stateless(loss)
+objective = edm.lognormal_objective(trigflow_diffusion_loss)  # EDM's keywords and time law
 
 
 def check(config, mode: str):
