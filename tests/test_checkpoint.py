@@ -383,10 +383,11 @@ def test_second_process_is_refused_and_a_killed_owner_is_taken_over(tmp_path):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 600 kB tmpfs: a real full disk (needs root to mount, as on CI's machine)."""
+    """A 300 kB tmpfs: a real full disk (needs root to mount, as on CI's machine). The tiny
+    run's checkpoint and snapshot of step 2 fill it (about 170 + 90 kB), a later save fails."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)],
                           capture_output=True, text=True)  # fmt: skip
     if done.returncode:
         pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
@@ -399,7 +400,7 @@ def test_full_disk_is_one_line_and_the_same_command_resumes(small_disk):
     env = subprocess_env()
     cmd = launch_cmd(
         small_disk / "w",
-        "--config.training.num_steps=30",
+        "--config.training.num_steps=8",
         "--config.training.checkpoint_every=2",
         "--config.training.snapshot_every=2",
     )
@@ -411,4 +412,4 @@ def test_full_disk_is_one_line_and_the_same_command_resumes(small_disk):
     subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert 30 in Checkpointer(str(small_disk / "w"), 3).all_steps()
+    assert 8 in Checkpointer(str(small_disk / "w"), 3).all_steps()
