@@ -20,6 +20,7 @@ import glob
 import gzip
 import json
 import os
+import re
 import tempfile
 
 import jax
@@ -28,6 +29,7 @@ from ml_collections import config_flags
 
 from benchmarks import measure, perf
 from cm import experiment
+from cm.models import resample
 from cm.train_step import make_train_step
 
 FLAGS = {}
@@ -46,7 +48,7 @@ def define_flags():
 MATMUL_MARKS = ("conv", "gemm", "cudnn", "cublas", "cutlass", "xmma", "wgmma", "dot", "matmul")
 # On a CPU: XLA's worker threads hold the kernels, next to the executor's own wrapper events.
 CPU_KERNEL_THREAD = "tf_XLA"
-CPU_WRAPPERS = ("ThunkExecutor", "Wait for", "PjRt", "Execute")
+CPU_WRAPPERS = ("ThunkExecutor", "Wait for", "PjRt", "Execute", "ThreadPool", "end: ")
 
 
 def kernel_kind(name: str) -> str:
@@ -74,6 +76,108 @@ def device_events(trace: dict) -> list:
         for e in complete
         if threads.get((e["pid"], e.get("tid")), "").startswith(CPU_KERNEL_THREAD)
         and not any(mark in e["name"] for mark in CPU_WRAPPERS)
+    ]
+
+
+# Categories of device work, in the order they are tried (the first that matches wins).
+CATEGORIES = (
+    "resampling",  # FIR up/down filters (cm/models/resample.py's named scope)
+    "conv/matmul",  # convolutions and matmuls (attention's included)
+    "normalization",  # GroupNorm / NsLN
+    "attention (softmax etc.)",  # the rest of the attention blocks
+    "network elementwise",  # the rest of the network: activations, adds, embeddings
+    "loss, optimizer, EMA",  # outside the network: noise, loss, gradient update, averages
+    "layout copies",  # copies XLA inserted, fused with no op of the traced code
+    "unattributed",  # no HLO instruction of that name (e.g. a library's helper kernel)
+)
+MATMUL_OPCODES = ("convolution", "dot")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*? ([a-z][\w\-]*)\(")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
+
+
+def hlo_index(hlo_text: str) -> dict[str, dict]:
+    """Per instruction name of a compiled module's text: its JAX op_name (the name stack of
+    the traced code; for a fusion without one, the commonest of the fused instructions') and
+    whether it computes a convolution or matmul (itself, in the computation it calls, or as a
+    library custom call such as cuDNN's or cuBLAS's)."""
+    opcodes, op_names = collections.defaultdict(set), collections.defaultdict(collections.Counter)
+    calls, info, computation = {}, {}, None
+    for line in hlo_text.splitlines():
+        header = _COMPUTATION.match(line)
+        if header and " = " not in line:
+            computation = header.group(1)
+            continue
+        m = _INSTRUCTION.match(line)
+        if not m:
+            continue
+        name, opcode = m.groups()
+        op_name = _OP_NAME.search(line)
+        op_name = op_name.group(1) if op_name else ""
+        opcodes[computation].add(opcode)
+        if op_name:
+            op_names[computation][op_name] += 1
+        library = opcode == "custom-call" and any(k in line.lower() for k in MATMUL_MARKS)
+        info[name] = {"op_name": op_name, "matmul": library or opcode in MATMUL_OPCODES}
+        called = _CALLS.search(line)
+        if called:
+            calls[name] = called.group(1)
+    for name, computation in calls.items():
+        if opcodes[computation] & set(MATMUL_OPCODES):
+            info[name]["matmul"] = True
+        if not info[name]["op_name"] and op_names[computation]:
+            info[name]["op_name"] = op_names[computation].most_common(1)[0][0]
+    return info
+
+
+def instruction_category(info: dict | None) -> str:
+    """One of CATEGORIES for an hlo_index entry (None: not in the module)."""
+    if info is None:
+        return "unattributed"
+    stack = info["op_name"]
+    segments = stack.split("/")
+    in_network = "(UNet)" in stack or "UNet" in segments  # a flax module call's name stack
+    if resample.NAME_SCOPE in segments:
+        return "resampling"
+    if info["matmul"]:
+        return "conv/matmul"
+    if not stack:
+        return "layout copies"
+    if not in_network:
+        return "loss, optimizer, EMA"
+    if any(s.startswith("norm") or s.endswith("_norm") for s in segments):
+        return "normalization"
+    if "attn" in segments:
+        return "attention (softmax etc.)"
+    return "network elementwise"
+
+
+def event_instruction(event: dict) -> str:
+    """The HLO instruction a device event ran: the profiler's hlo_op argument (GPU kernels)
+    or the event's own name (XLA:CPU names its events after the instruction)."""
+    return event.get("args", {}).get("hlo_op") or event["name"]
+
+
+def category_totals(events: list, index: dict, steps: int) -> dict:
+    """ms per step of each category (CATEGORIES order; library kernels without an HLO
+    instruction count as conv/matmul when their name says so)."""
+    totals = dict.fromkeys(CATEGORIES, 0.0)
+    for e in events:
+        info = index.get(event_instruction(e))
+        kind = instruction_category(info)
+        if info is None and kernel_kind(e["name"]) == "matmul/conv":
+            kind = "conv/matmul"
+        totals[kind] += e["dur"] / 1000 / steps
+    return totals
+
+
+def category_table(totals: dict) -> list[dict]:
+    """Rows: category, ms per step, share of the traced device time."""
+    traced = sum(totals.values()) or 1.0
+    return [
+        {"category": k, "ms/step": f"{v:.3f}", "share": f"{100 * v / traced:.1f}%"}
+        for k, v in totals.items()
     ]
 
 
@@ -144,7 +248,15 @@ def main(argv):
     print(perf.format_table(kernel_table(events, steps, FLAGS["top"].value)))
     kinds = kind_totals(events, steps)
     print("per step: " + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(kinds.items())))
-    print(flop_rates(perf.flops(traced, lowered), kinds))
+    categories = category_totals(events, hlo_index(compiled.as_text()), steps)
+    print(perf.format_table(category_table(categories)))
+    print(
+        flop_rates(
+            perf.flops(traced, lowered),
+            {"matmul/conv": categories["conv/matmul"]}
+            | {"other": sum(categories.values()) - categories["conv/matmul"]},
+        )
+    )
 
 
 def flop_rates(flops: float, kinds: dict) -> str:

@@ -10,6 +10,7 @@ use `jax.eval_shape` (no compilation), and only one test compiles a real initial
 import functools
 import math
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,6 +165,50 @@ def test_nsln_eps_is_the_papers_in_every_network():
     norm = make_norm("nsln", 4, 1, 1e-6, jnp.float32, "n")
     y = norm.apply(norm.init(key(0), x), x)
     np.testing.assert_allclose(y, x / np.sqrt(1e-6 + 1e-5), rtol=1e-5)
+
+
+def _group_norm_float64(x, scale, bias, groups, eps):
+    """GroupNorm in float64 numpy, PyTorch's definition: biased two-pass variance + eps."""
+    b, h, w, c = x.shape
+    xg = np.asarray(x, np.float64).reshape(b, h * w, groups, c // groups)
+    mean = xg.mean(axis=(1, 3), keepdims=True)
+    var = np.square(xg - mean).mean(axis=(1, 3), keepdims=True)
+    y = ((xg - mean) / np.sqrt(var + eps)).reshape(x.shape)
+    return y * np.asarray(scale, np.float64) + np.asarray(bias, np.float64)
+
+
+def test_group_norm_value_gradient_and_tangent_are_the_formulas():
+    """cm's GroupNorm (written-out tangent rule) against float64 GroupNorm and against
+    autodiff of flax's two-pass GroupNorm: the value at |mean| = 50 >> std = 3 (where a
+    one-pass E[x^2] - E[x]^2 would lose digits), the gradient, jax.jvp, and the gradient of a
+    jvp (what sCT and MeanFlow differentiate)."""
+    x = jnp.asarray(3.0 * RNG.standard_normal((2, 4, 4, 16)) + 50.0, jnp.float32)
+    norm, groups = make_norm("group", 16, 4, 1e-6, jnp.float32, "n"), 4
+    params = norm.init(key(0), x)["params"]
+    assert {k: v.shape for k, v in params.items()} == {"scale": (16,), "bias": (16,)}
+    params = {k: v + jnp.asarray(RNG.standard_normal(16), jnp.float32) for k, v in params.items()}
+    reference = flax.linen.GroupNorm(groups, epsilon=1e-6, use_fast_variance=False)
+    ours = lambda p, x: norm.apply({"params": p}, x)  # noqa: E731
+    theirs = lambda p, x: reference.apply({"params": p}, x)  # noqa: E731
+    exact = _group_norm_float64(x, params["scale"], params["bias"], groups, 1e-6)
+    # float32's x has ulp 2^-18 * 32 = 3.8e-6 near 50: about 1.3e-6 of std 3 per value.
+    np.testing.assert_allclose(ours(params, x), exact, atol=2e-5)
+    w = jnp.asarray(RNG.standard_normal(x.shape), jnp.float32)
+    t = jnp.asarray(RNG.standard_normal(x.shape), jnp.float32)
+    loss = lambda f: lambda p, x: jnp.sum(w * f(p, x) ** 2)  # noqa: E731
+    tangent = lambda f, p: jax.jvp(lambda x: f(p, x), (x,), (t,))[1]  # noqa: E731
+    tangent_loss = lambda f: lambda p: jnp.sum(w * tangent(f, p) ** 2)  # noqa: E731
+    pairs = (
+        (jax.grad(loss(ours), (0, 1))(params, x), jax.grad(loss(theirs), (0, 1))(params, x)),
+        (tangent(ours, params), tangent(theirs, params)),
+        (
+            jax.grad(tangent_loss(ours))(params)["scale"],
+            jax.grad(tangent_loss(theirs))(params)["scale"],
+        ),
+    )
+    for a, b in pairs:
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5 * float(jnp.abs(v).max()))
 
 
 def test_group_count_guard():

@@ -18,6 +18,7 @@ import numpy as np
 
 UP_GAIN = 4.0  # upsampling by 2 in 2D spreads each pixel over 4: the kernel sums to 4
 SPATIAL_AXES = (1, 2)  # H, W of NHWC
+NAME_SCOPE = "resample"  # the ops' name-stack entry (benchmarks/profile_step.py reads it)
 
 
 def _taps(resample_filter: Sequence[int], gain: float) -> list[float]:
@@ -63,12 +64,13 @@ def fir(
     input dilation `dilation` (1 or 2: transposed convolution), zero-pad by `padding`, output
     stride `stride`. The result keeps x's dtype."""
     taps = _taps(resample_filter, gain)
-    for axis in SPATIAL_AXES:
-        if dilation == 2:
-            x = _dilate(x, axis)
-        elif dilation != 1:
-            raise ValueError(f"dilation must be 1 or 2, got {dilation}.")
-        x = _filter_axis(x, taps, axis, padding, stride).astype(x.dtype)
+    with jax.named_scope(NAME_SCOPE):  # profiles attribute these ops to resampling
+        for axis in SPATIAL_AXES:
+            if dilation == 2:
+                x = _dilate(x, axis)
+            elif dilation != 1:
+                raise ValueError(f"dilation must be 1 or 2, got {dilation}.")
+            x = _filter_axis(x, taps, axis, padding, stride).astype(x.dtype)
     return x
 
 
