@@ -8,8 +8,6 @@ exactly and the transposed convolution needs no flip.
 The filter is applied one axis at a time as a weighted sum of shifted (strided) slices, the same
 arithmetic as EDM's depthwise convolution: XLA fuses the slices into one elementwise loop,
 where a depthwise convolution runs 10-200x slower on XLA:CPU (BENCHMARKS.md, "Networks").
-Upsampling sums each output phase's own taps (polyphase) instead of filtering a zero-stuffed
-image: half the multiplications, no 2n - 1 intermediate, the same sums.
 """
 
 from collections.abc import Sequence
@@ -33,6 +31,14 @@ def _taps(resample_filter: Sequence[int], gain: float) -> list[float]:
     return list(f / f.sum() * np.sqrt(gain))
 
 
+def _dilate(x, axis: int):
+    """Insert a zero between neighbours along `axis`: n -> 2n - 1 (transposed-conv input)."""
+    n = x.shape[axis]
+    x = jnp.stack([x, jnp.zeros_like(x)], axis=axis + 1)  # [..., n, 2, ...]
+    x = x.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 2 :])
+    return jax.lax.slice_in_dim(x, 0, 2 * n - 1, axis=axis)
+
+
 def _filter_axis(x, taps: list[float], axis: int, padding: int, stride: int):
     """Correlate `x` with `taps` along `axis` after zero padding, keeping every stride-th output."""
     pad = [(padding, padding) if d == axis else (0, 0) for d in range(x.ndim)]
@@ -45,12 +51,25 @@ def _filter_axis(x, taps: list[float], axis: int, padding: int, stride: int):
     return out
 
 
-def fir(x, resample_filter: Sequence[int], *, padding: int, stride: int = 1, gain: float = 1.0):
-    """Per-channel FIR filter of [B, H, W, C], as EDM's depthwise conv2d: zero-pad by
-    `padding`, output stride `stride`. The result keeps x's dtype."""
+def fir(
+    x,
+    resample_filter: Sequence[int],
+    *,
+    padding: int,
+    stride: int = 1,
+    dilation: int = 1,
+    gain: float = 1.0,
+):
+    """Per-channel FIR filter of [B, H, W, C], as EDM's depthwise conv2d / conv_transpose2d:
+    input dilation `dilation` (1 or 2: transposed convolution), zero-pad by `padding`, output
+    stride `stride`. The result keeps x's dtype."""
     taps = _taps(resample_filter, gain)
     with jax.named_scope(NAME_SCOPE):  # profiles attribute these ops to resampling
         for axis in SPATIAL_AXES:
+            if dilation == 2:
+                x = _dilate(x, axis)
+            elif dilation != 1:
+                raise ValueError(f"dilation must be 1 or 2, got {dilation}.")
             x = _filter_axis(x, taps, axis, padding, stride).astype(x.dtype)
     return x
 
@@ -60,40 +79,12 @@ def downsample(x, resample_filter: Sequence[int] = (1, 1)):
     return fir(x, resample_filter, padding=(len(resample_filter) - 1) // 2, stride=2)
 
 
-def _upsample_axis(x, taps: list[float], axis: int, padding: int):
-    """EDM's transposed convolution along `axis` (zero-stuff x to 2n - 1, pad, correlate with
-    `taps`) without the zeros: output
-    2q + p sums the taps t with t = padding - p (mod 2), each times x[q + (p + t - padding) / 2]
-    (zero outside), so each phase costs half the taps, and the phases interleave. n -> 2n."""
-    n = x.shape[axis]
-    phases = []
-    for p in (0, 1):
-        terms = [
-            (t, (p + t - padding) // 2) for t in range(len(taps)) if (p + t - padding) % 2 == 0
-        ]
-        low = max(0, -min(o for _, o in terms))
-        high = max(0, max(o for _, o in terms))
-        xp = jnp.pad(x, [(low, high) if d == axis else (0, 0) for d in range(x.ndim)])
-        out = 0.0
-        for t, offset in terms:
-            out = out + taps[t] * jax.lax.slice_in_dim(xp, low + offset, low + offset + n, 1, axis)
-        phases.append(out)
-    y = jnp.stack(phases, axis=axis + 1)  # [..., n, 2, ...]
-    return y.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1 :])
-
-
 def upsample(x, resample_filter: Sequence[int] = (1, 1)):
     """[B, H, W, C] -> [B, 2H, 2W, C]: transposed convolution with UP_GAIN * filter, stride 2
-    (EDM's conv_transpose2d with padding f_pad = a dilated conv padded by k - 1 - f_pad),
-    computed per output phase (`_upsample_axis`): the sums of the zero-stuffed correlation
-    without multiplying the inserted zeros."""
+    (EDM's conv_transpose2d with padding f_pad = a dilated conv padded by k - 1 - f_pad)."""
     k = len(resample_filter)
     pad = k - 1 - (k - 1) // 2
-    taps = _taps(resample_filter, UP_GAIN)
-    with jax.named_scope(NAME_SCOPE):
-        for axis in SPATIAL_AXES:
-            x = _upsample_axis(x, taps, axis, pad).astype(x.dtype)
-    return x
+    return fir(x, resample_filter, padding=pad, dilation=2, gain=UP_GAIN)
 
 
 def prefilter_for_strided_conv(x, resample_filter: Sequence[int], conv_kernel: int):
