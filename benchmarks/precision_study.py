@@ -1,89 +1,82 @@
-"""Precision study (issue 13): does a lower precision drown iCT's consistency signal?
+"""Precision studies (issues 13, 22): does a lower precision drown the signal a consistency
+method learns from? Two studies, chosen by --study (default both):
 
-    python -m benchmarks.precision_study            # cifar10_ict NCSN++: 23 min, busy 2-core CPU
-    python -m benchmarks.precision_study --quick    # a tiny NCSN++ (seconds)
+  difference  iCT's student-teacher difference (this module)
+  tangent     sCT's and MeanFlow's JVP tangent (benchmarks/precision_tangent.py)
 
-On the finest iCT grid (N = method.s1 + 1 = 1281 Karras levels, docs/methods.md section 2), at
---levels pair indices i spread log-uniformly in sigma, with one fixed z per sample, it computes
-the consistency function f of the network (evaluation mode, no dropout) at the teacher's
-input x + s_i z and the student's x + s_{i+1} z, in float32 at highest precision (the
-reference) and in each variant v of VARIANTS. Per level (each a per-sample ratio averaged over
-the batch; d = f(x + s_{i+1} z, s_{i+1}) - f(x + s_i z, s_i); f at the student's level):
+    python -m benchmarks.precision_study --study=difference   # cifar10_ict NCSN++ (23 min, CPU)
+    python -m benchmarks.precision_study --study=tangent      # cifar10_sct, cifar10_meanflow
+    python -m benchmarks.precision_study --quick              # both, tiny networks (a minute)
+    python -m benchmarks.precision_study --from_json=docs/precision_study.json   # report again
 
-  signal          ||d|| / ||f||                  the reference's consistency signal
-  v f error       ||f_v - f|| / ||f||
-  v pair noise    ||d_v - d|| / ||f||            what v adds to the signal
-  v noise/signal  ||d_v - d|| / ||d||            >= 1: v drowns the signal; >= 0.1: degrades it
+The variants, the network with its residual branches opened and the image-like data are
+benchmarks/precision_inputs.py's. --json and --png: "auto" writes each study to its own
+docs/precision_{study,tangent}.{json,png} (none with --quick); a path gets one record (and one
+figure) holding every study run.
 
-Variants: the repo's own paths, built through cm.experiment from the config with model.dtype and
-model.matmul_precision set (benchmarks/perf.py's modes): "f32 default" (the device's default;
-XLA:CPU
-runs it as highest) and "bf16" (model.dtype = bfloat16, as training runs it); and, because a
-CPU cannot run them, two accelerator defaults emulated on the float32 network
-(benchmarks/emulated_matmul.py): "tf32 emulated" (NVIDIA GPUs) and "bf16-pass emulated" (TPUs).
+The difference study: on the finest iCT grid (N = method.s1 + 1 = 1281 Karras levels,
+docs/methods.md section 2), at --levels pair indices i spread log-uniformly in sigma, with one
+fixed z per sample, it computes the consistency function f of cifar10_ict's NCSN++ (evaluation
+mode, no dropout) at the teacher's input x + s_i z and the student's x + s_{i+1} z, in float32
+at highest precision (the reference) and in each variant v. Per level (each a per-sample ratio
+averaged over the batch; d = f(x + s_{i+1} z, s_{i+1}) - f(x + s_i z, s_i); f at the student's
+level):
 
-The network is cifar10_ict's NCSN++ at initialization, with one change: EDM's initialization
-scales the layers that close a residual branch (each block's conv1, the attention projection)
-and the output conv by 1e-5, so a fresh F is about 1e-5 and f = c_skip x + (almost) nothing:
-the study would see only the exact skip path. Those kernels are redrawn from the ordinary
-Xavier-uniform initializer (gain 1), and the output conv is then scaled so that F has unit RMS
-on the batch at sigma = sigma_data (a trained F's target has unit variance by c_out's design).
-A trained network is a smoother function of its input than a random one; the signal measured
-here is that of a random network.
+  signal                  ||d|| / ||f||        the reference's consistency signal
+  v f error               ||f_v - f|| / ||f||
+  v pair noise            ||d_v - d|| / ||f||  what v adds to the signal
+  v noise/signal          ||d_v - d|| / ||d||  >= 1: v drowns the signal; >= 0.1: degrades it
+  v student noise/signal  ||f_v - f|| / ||d||  only the student in v, the teacher in float32:
+                                               what a float32 teacher pass would leave
 
-Data: CIFAR-10 is not available offline, so a deterministic batch of smooth random fields (an
-amplitude spectrum falling as 1/frequency, as natural images have), scaled to [-1, 1].
+Its network is scaled so that F has unit RMS at sigma = sigma_data (the output conv divided by
+F's RMS there).
 """
 
 import io
 import time
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from benchmarks import emulated_matmul, perf, tiny
-from cm import experiment, precond, schedules
+from benchmarks import precision_inputs as pi
+from benchmarks import precision_tangent
+from cm import precond, schedules
 from cm.io import fileio
-from cm.models import inits
 from configs import cifar10_ict
 
-REFERENCE = "f32 highest"
-# name -> (model.dtype, model.matmul_precision, emulated mantissa bits of conv / matmul inputs)
-VARIANTS = {
-    REFERENCE: (*perf.PRECISION_MODES[REFERENCE][:2], None),
-    "f32 default": (*perf.PRECISION_MODES["f32 default"][:2], None),
-    "bf16": (*perf.PRECISION_MODES["bf16"][:2], None),
-    "tf32 emulated": ("float32", "highest", emulated_matmul.TF32_BITS),
-    "bf16-pass emulated": ("float32", "highest", emulated_matmul.BFLOAT16_BITS),
-}
-PER_VARIANT = ("f error", "pair noise", "noise/signal")
+STUDIES = ("difference", "tangent")
+PER_VARIANT = ("f error", "pair noise", "noise/signal", "student noise/signal")
 LEVEL_COLUMNS = ("i", "sigma_i", "gap", "signal")
-DROWNS, DEGRADES = 1.0, 0.1  # noise/signal thresholds of the reading
-# Kernels that EDM's initialization scales by 1e-5 (role "zero" in cm/models/inits.py).
-BRANCH_CLOSERS = ("conv1", "proj", "out_conv")
-ZERO_INIT_BOUND = 1e-3  # such a kernel's largest entry at initialization is far below this
-CHROMA = 0.3  # weight of each channel's own field next to the shared luminance field
+AUTO_PATHS = {"difference": "docs/precision_study", "tangent": "docs/precision_tangent"}
 
 
 def define_flags():
     """The command-line flags, defined only when the study runs as a script, so that importing
     it (the tests) adds nothing to absl's global flags (device_check also has --quick)."""
-    global _QUICK, _BATCH, _LEVELS, _VARIANTS, _SEED, _PNG, _JSON, _FROM_JSON
-    _QUICK = flags.DEFINE_bool("quick", False, "A tiny NCSN++ (a CPU check of the study itself).")
-    _BATCH = flags.DEFINE_integer("batch", 0, "Images per level; 0 = 4 (--quick: 2).")
-    _LEVELS = flags.DEFINE_integer("levels", 0, "Pair indices in the grid; 0 = 20 (--quick: 4).")
-    _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS)[1:], f"Any of {list(VARIANTS)[1:]}.")
+    global _STUDY, _QUICK, _BATCH, _LEVELS, _TIMES, _VARIANTS, _SEED, _PNG, _JSON, _FROM_JSON
+    _STUDY = flags.DEFINE_enum("study", "both", [*STUDIES, "both"], "Which study to run.")
+    _QUICK = flags.DEFINE_bool("quick", False, "Tiny networks (a CPU check of the studies).")
+    _BATCH = flags.DEFINE_integer(
+        "batch",
+        0,
+        "Images per level or time; 0 = 4 for the difference, 2 for the tangent (--quick: 2).",
+    )
+    _LEVELS = flags.DEFINE_integer("levels", 0, "Difference: pair indices; 0 = 20 (--quick: 4).")
+    _TIMES = flags.DEFINE_integer("times", 0, "Tangent: times per method; 0 = 5 (--quick: 3).")
+    _VARIANTS = flags.DEFINE_list(
+        "variants", list(pi.VARIANTS)[1:], f"Any of {list(pi.VARIANTS)[1:]}."
+    )
     _SEED = flags.DEFINE_integer("seed", 0, "Seed of the images, the noise and the network.")
     _PNG = flags.DEFINE_string(
-        "png", "auto", "Plot ('' = none; auto: docs/precision_study.png, none with --quick)."
+        "png", "auto", "Plot ('' = none; auto: docs/precision_<study>.png, none with --quick)."
     )
     _JSON = flags.DEFINE_string(
-        "json", "auto", "Rows as JSON ('' = none; auto: docs/precision_study.json, none if quick)."
+        "json", "auto", "Record ('' = none; auto: docs/precision_<study>.json, none if quick)."
     )
-    _FROM_JSON = flags.DEFINE_string("from_json", "", "Only report the rows of this JSON file.")
+    _FROM_JSON = flags.DEFINE_string("from_json", "", "Only report the record of this JSON file.")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -91,30 +84,7 @@ def define_flags():
 
 def study_config(quick: bool):
     """cifar10_ict's config (its NCSN++, grid and preconditioning), tiny when quick."""
-    c = cifar10_ict.get_config()
-    # --quick: a one-level 8 x 8 NCSN++ of 8 channels (the device check's --quick network).
-    return tiny.with_overrides(c, tiny.TINY_PAPER_NETWORK) if quick else c
-
-
-def variant_config(config, name: str):
-    """A copy of `config` computing in variant `name`'s dtype and matmul precision."""
-    c = config.copy_and_resolve_references()
-    c.model.dtype, c.model.matmul_precision, _ = VARIANTS[name]
-    return c
-
-
-def smooth_fields(seed: int, batch: int, size: int, channels: int) -> np.ndarray:
-    """Deterministic image-like batch [B, H, W, C] in [-1, 1]: Gaussian fields whose amplitude
-    spectrum falls as 1 / frequency, a shared luminance field plus CHROMA x one per channel."""
-    rng = np.random.default_rng(seed)
-    freq = np.fft.fftfreq(size)
-    amplitude = 1.0 / np.maximum(np.hypot(freq[:, None], freq[None, :]), 1.0 / size)  # [H, W]
-    white = rng.standard_normal((batch, channels + 1, size, size))
-    fields = np.fft.ifft2(np.fft.fft2(white) * amplitude).real  # [B, C + 1, H, W]
-    images = fields[:, :1] + CHROMA * fields[:, 1:]  # [B, C, H, W]
-    lo = images.min(axis=(1, 2, 3), keepdims=True)
-    hi = images.max(axis=(1, 2, 3), keepdims=True)
-    return (2.0 * (images - lo) / (hi - lo) - 1.0).transpose(0, 2, 3, 1).astype(np.float32)
+    return pi.paper_config(cifar10_ict.get_config, quick)
 
 
 def finest_grid(config) -> np.ndarray:
@@ -132,40 +102,23 @@ def study_indices(sigmas: np.ndarray, count: int) -> np.ndarray:
     return np.unique(np.argmin(np.abs(log_lo[None, :] - targets[:, None]), axis=1))
 
 
-def randomize_branch_closers(params, seed: int):
-    """`params` with every BRANCH_CLOSERS kernel redrawn from the ordinary Xavier-uniform
-    initializer (cm/models/inits.py, role "default"); checks that each was near zero."""
-    flat = flax.traverse_util.flatten_dict(params)
-    draw = inits.scheme("song").kernel("default")
-    key = jax.random.key(seed)
-    for n, path in enumerate(sorted(flat)):
-        if path[-1] != "kernel" or path[-2] not in BRANCH_CLOSERS:
-            continue
-        if float(jnp.max(jnp.abs(flat[path]))) > ZERO_INIT_BOUND:
-            raise RuntimeError(f"{'/'.join(path)} is not a near-zero initialized kernel.")
-        flat[path] = draw(jax.random.fold_in(key, n), flat[path].shape)
-    return flax.traverse_util.unflatten_dict(flat)
-
-
-def raw_output_rms(denoise, config, params, images, noise, sigma: float) -> float:
-    """RMS of the network's own output F = (f - c_skip x_s) / c_out at noise level sigma."""
-    s = jnp.full((images.shape[0],), sigma, jnp.float32)  # [B]
+def raw_output_rms(pair, config, params, images, noise, sigma: float) -> float:
+    """RMS of the network's own output F = (f - c_skip x_s) / c_out at noise level sigma, from
+    the pair function (pair_function: both levels at sigma, no compile of its own)."""
     noisy = images + sigma * noise  # [B, H, W, C]
-    f = jax.jit(denoise)(params, noisy, s)  # [B, H, W, C]
+    _, f = pair(params, images, noise, sigma, sigma)  # [B, H, W, C]
     m = config.method
     c_skip, c_out, _ = precond.consistency_scalings(sigma, m.sigma_data, m.sigma_min)
     return float(jnp.sqrt(jnp.mean(jnp.square((f - c_skip * noisy) / c_out))))
 
 
-def study_network(config, images, noise, seed: int):
-    """Parameters of the study's network (see the module docstring) and F's RMS before the
-    output conv was scaled to unit RMS at sigma_data."""
-    exp = experiment.build(variant_config(config, REFERENCE))
-    params = randomize_branch_closers(experiment.init_params(exp, config), seed)
-    rms = raw_output_rms(exp.denoise, config, params, images, noise, config.method.sigma_data)
-    params = dict(params)
-    params["out_conv"] = jax.tree.map(lambda w: w / rms, params["out_conv"])
-    return params, rms
+def study_network(config, pair, images, noise, seed: int):
+    """Parameters of the study's network (precision_inputs, and F scaled to unit RMS at
+    sigma_data by the reference's pair function) and F's RMS before the output conv was
+    scaled."""
+    params = pi.open_network(config, seed)
+    rms = raw_output_rms(pair, config, params, images, noise, config.method.sigma_data)
+    return pi.scale_output(params, 1.0 / rms), rms
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -175,10 +128,7 @@ def pair_function(config, name: str):
     """jitted (params, x [B,H,W,C], z [B,H,W,C], sigma_lo, sigma_hi) -> (f at the teacher's
     level, f at the student's level), each [B, H, W, C] float32, in variant `name`.
     The sigmas are inputs, so one compile serves every level."""
-    denoise = experiment.build(variant_config(config, name)).denoise
-    bits = VARIANTS[name][2]
-    if bits is not None:
-        denoise = emulated_matmul.with_rounded_matmul_inputs(denoise, bits)
+    denoise = pi.variant_forms(config, name).sample
 
     def pair(params, x, z, sigma_lo, sigma_hi):
         b = x.shape[0]
@@ -187,50 +137,44 @@ def pair_function(config, name: str):
         f = denoise(params, noisy, sigma)  # [2B, H, W, C]
         return f[:b], f[b:]
 
-    return jax.jit(pair)
-
-
-def per_sample_norm(a) -> np.ndarray:
-    """Euclidean norm of each sample of a [B, ...] array, in float64. Returns [B]."""
-    a = np.asarray(a, np.float64)
-    return np.sqrt(np.sum(np.square(a), axis=tuple(range(1, a.ndim))))
-
-
-def relative(numerator, denominator) -> float:
-    """Mean over samples of ||numerator_b|| / ||denominator_b||."""
-    return float(np.mean(per_sample_norm(numerator) / per_sample_norm(denominator)))
+    return jax.jit(pi.emulated(pair, name))
 
 
 def signal(ref_lo, ref_hi) -> float:
     """||d|| / ||f_hi||, d = f_hi - f_lo: the consistency signal of one pair of levels."""
-    return relative(np.subtract(ref_hi, ref_lo, dtype=np.float64), ref_hi)
+    return pi.relative(np.subtract(ref_hi, ref_lo, dtype=np.float64), ref_hi)
 
 
 def variant_metrics(ref_lo, ref_hi, var_lo, var_hi) -> dict:
-    """f error, pair noise and noise/signal of a variant's pair against the reference's."""
+    """PER_VARIANT of a variant's pair against the reference's."""
     ref_hi, var_hi = np.asarray(ref_hi, np.float64), np.asarray(var_hi, np.float64)
     d_ref = ref_hi - np.asarray(ref_lo, np.float64)
     d_var = var_hi - np.asarray(var_lo, np.float64)
     return {
-        "f error": relative(var_hi - ref_hi, ref_hi),
-        "pair noise": relative(d_var - d_ref, ref_hi),
-        "noise/signal": relative(d_var - d_ref, d_ref),
+        "f error": pi.relative(var_hi - ref_hi, ref_hi),
+        "pair noise": pi.relative(d_var - d_ref, ref_hi),
+        "noise/signal": pi.relative(d_var - d_ref, d_ref),
+        "student noise/signal": pi.relative(var_hi - ref_hi, d_ref),
     }
 
 
-def run_study(config, params, images, noise, indices, variants, say=print) -> list[dict]:
-    """One row per pair index: LEVEL_COLUMNS and "<variant> <metric>" for each variant."""
+def run_study(
+    config, params, images, noise, indices, variants, say=print, reference=None
+) -> list[dict]:
+    """One row per pair index: LEVEL_COLUMNS and "<variant> <metric>" for each variant.
+    reference: the reference's pair function when already compiled."""
     sigmas = finest_grid(config)
     levels = [(int(i), sigmas[i], sigmas[i + 1]) for i in indices]
 
     def evaluate(name):
-        start, pair = time.perf_counter(), pair_function(config, name)
+        start = time.perf_counter()
+        pair = reference if name == pi.REFERENCE and reference else pair_function(config, name)
         out = [pair(params, images, noise, lo, hi) for _, lo, hi in levels]
         out = jax.device_get(out)
         say(f"  {name}: {len(levels)} levels in {time.perf_counter() - start:.0f} s")
         return out
 
-    reference = evaluate(REFERENCE)
+    reference = evaluate(pi.REFERENCE)
     rows = []
     for (i, lo, hi), (ref_lo, ref_hi) in zip(levels, reference, strict=True):
         gap = (float(hi) - float(lo)) / float(lo)
@@ -242,15 +186,41 @@ def run_study(config, params, images, noise, indices, variants, say=print) -> li
     return rows
 
 
+def measure(quick: bool, batch: int, levels: int, variants, seed: int) -> dict:
+    """The difference study's record: what was measured ("header", "batch", "variants") and
+    its rows."""
+    config = study_config(quick)
+    size, channels = config.data.image_size, config.data.channels
+    images = pi.smooth_fields(seed, batch, size, channels)  # [B, H, W, C]
+    noise = pi.study_noise(seed, images.shape)  # [B, H, W, C]
+    sigmas = finest_grid(config)
+    indices = study_indices(sigmas, levels)
+    start = time.perf_counter()
+    reference = pair_function(config, pi.REFERENCE)  # one compile: the scale and every level
+    params, rms = study_network(config, reference, images, noise, seed)
+    header = (
+        f"{'tiny NCSN++ (--quick)' if quick else 'cifar10_ict NCSN++'}, N = {len(sigmas)}, "
+        f"batch {batch}, {len(indices)} levels, {jax.devices()[0].device_kind}; F's RMS at "
+        f"sigma_data before scaling the output conv: {rms:.3g}"
+    )
+    print(header)
+    rows = run_study(config, params, images, noise, indices, variants, reference=reference)
+    print(f"measured in {time.perf_counter() - start:.0f} s")
+    return {"header": header, "quick": quick, "batch": batch, "variants": variants, "rows": rows}
+
+
 # ----------------------------------------------------------------------------- reporting
 
 
-def columns(variants) -> list[str]:
-    return [*LEVEL_COLUMNS, *(f"{v} {m}" for v in variants for m in PER_VARIANT)]
+def columns(variants, rows=None) -> list[str]:
+    """The table's columns; with `rows`, only those the rows hold (a record written before a
+    metric existed)."""
+    cols = [*LEVEL_COLUMNS, *(f"{v} {m}" for v in variants for m in PER_VARIANT)]
+    return cols if rows is None else [c for c in cols if c in rows[0]]
 
 
 def markdown_table(rows, variants) -> str:
-    cols = columns(variants)
+    cols = columns(variants, rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---:|" * len(cols)]
     for row in rows:
         cells = [str(row["i"])] + [f"{row[c]:.3g}" for c in cols[1:]]
@@ -258,12 +228,12 @@ def markdown_table(rows, variants) -> str:
     return "\n".join(lines)
 
 
-def drowned_runs(rows, name: str, threshold: float) -> list[tuple[int, int]]:
-    """Runs of consecutive studied levels where `name`'s noise/signal >= threshold, as
-    (first row, last row) positions in `rows`."""
+def drowned_runs(rows, name: str, threshold: float, metric: str = "noise/signal"):
+    """Runs of consecutive studied levels where `name`'s `metric` >= threshold, as (first row,
+    last row) positions in `rows`."""
     runs, first = [], None
     for k, row in enumerate(rows):
-        if row[f"{name} noise/signal"] >= threshold:
+        if row[f"{name} {metric}"] >= threshold:
             first = k if first is None else first
         elif first is not None:
             runs.append((first, k - 1))
@@ -281,33 +251,34 @@ def training_mass(config, rows, runs) -> float:
 
 def reading(config, rows, variants) -> str:
     """Where each variant drowns (noise/signal >= 1) or degrades (>= 0.1) the signal, and the
-    share of iCT's training pairs at those levels."""
+    share of iCT's training pairs at those levels; then the same with only the student in the
+    variant, when the record has it."""
     lines = []
     for name in variants:
-        ratios = [row[f"{name} noise/signal"] for row in rows]
-        parts = [f"{name}: noise/signal {min(ratios):.3g} to {max(ratios):.3g}"]
-        for label, threshold in (("drowns", DROWNS), ("degrades", DEGRADES)):
-            runs = drowned_runs(rows, name, threshold)
-            where = ", ".join(
-                f"sigma {rows[a]['sigma_i']:.3g}-{rows[b]['sigma_i']:.3g}" for a, b in runs
-            )
-            mass = f" ({training_mass(config, rows, runs):.1%} of training pairs)" if runs else ""
-            parts.append(f"{label} (>= {threshold:g}) at {where or 'no level'}{mass}")
-        lines.append("; ".join(parts))
+        for metric in ("noise/signal", "student noise/signal"):
+            if f"{name} {metric}" not in rows[0]:
+                continue
+            ratios = [row[f"{name} {metric}"] for row in rows]
+            parts = [f"{name}: {metric} {min(ratios):.3g} to {max(ratios):.3g}"]
+            for label, threshold in (("drowns", pi.DROWNS), ("degrades", pi.DEGRADES)):
+                runs = drowned_runs(rows, name, threshold, metric)
+                where = ", ".join(
+                    f"sigma {rows[a]['sigma_i']:.3g}-{rows[b]['sigma_i']:.3g}" for a, b in runs
+                )
+                mass = (
+                    f" ({training_mass(config, rows, runs):.1%} of training pairs)" if runs else ""
+                )
+                parts.append(f"{label} (>= {threshold:g}) at {where or 'no level'}{mass}")
+            lines.append("; ".join(parts))
     return "\n".join(lines)
 
 
-def plot_png(rows, variants, title: str) -> bytes:
-    """PNG, log-log against sigma_i: left, the signal and each variant's pair noise (relative to
-    ||f||); right, each variant's noise/signal with the DROWNS and DEGRADES lines. Variants
-    whose noise is exactly zero everywhere are listed in the legend as such."""
-    import matplotlib  # noqa: PLC0415 (only the plot needs it: requirements-dev.txt)
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt  # noqa: PLC0415
-
+def plot_rows(axes, rows, variants, title: str) -> None:
+    """Two panels, log-log against sigma_i: left, the signal and each variant's pair noise
+    (relative to ||f||); right, each variant's noise/signal with the DROWNS and DEGRADES lines.
+    Variants whose noise is exactly zero everywhere are listed in the legend as such."""
+    left, right = axes
     sigma = [row["sigma_i"] for row in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     left.loglog(sigma, [row["signal"] for row in rows], "k-o", ms=3, label="signal ||d|| / ||f||")
     for k, name in enumerate(variants):
         color = f"C{k}"
@@ -318,77 +289,118 @@ def plot_png(rows, variants, title: str) -> bytes:
             continue
         left.loglog(sigma, noise, "-o", color=color, ms=3, label=f"{name} pair noise")
         right.loglog(sigma, ratio, "-o", color=color, ms=3, label=name)
-    for threshold, label in ((DROWNS, "drowns"), (DEGRADES, "degrades")):
+    for threshold, label in ((pi.DROWNS, "drowns"), (pi.DEGRADES, "degrades")):
         right.axhline(threshold, color="gray", ls="--", lw=1)
         right.annotate(label, (sigma[0], threshold), va="bottom", color="gray")
     left.set(xlabel="sigma_i", ylabel="relative to ||f||", title=title)
     right.set(xlabel="sigma_i", ylabel="||d_v - d|| / ||d||", title="noise / signal")
-    for ax in (left, right):
+    for ax in axes:
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)
+
+
+def panels(record: dict) -> list:
+    """(kind, title, rows, variants) of each figure row of a record, in STUDIES order: the
+    difference, then one row per tangent method."""
+    out = []
+    if "difference" in record:
+        part = record["difference"]
+        network = "tiny NCSN++" if part["quick"] else "NCSN++"
+        title = f"iCT difference: {network}, N = 1281, batch {part['batch']}"
+        out.append(("difference", title, part["rows"], part["variants"]))
+    if "tangent" in record:
+        part = record["tangent"]
+        for method in precision_tangent.METHOD_CONFIGS:
+            title = (
+                f"{method} tangent{' (tiny net)' if part['quick'] else ''}, batch {part['batch']}"
+            )
+            out.append((method, title, part[method], part["variants"]))
+    return out
+
+
+def plot_png(record: dict) -> bytes:
+    """PNG of every study in the record, one row of two panels each."""
+    import matplotlib  # noqa: PLC0415 (only the plot needs it: requirements-dev.txt)
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt  # noqa: PLC0415
+
+    rows = panels(record)
+    fig, axes = plt.subplots(
+        len(rows), 2, figsize=(12, 4.8 * len(rows)), constrained_layout=True, squeeze=False
+    )
+    for ax_pair, (kind, title, data, variants) in zip(axes, rows, strict=True):
+        if kind == "difference":
+            plot_rows(ax_pair, data, variants, title)
+        else:
+            precision_tangent.plot_rows(ax_pair, kind, data, variants, title)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     return buffer.getvalue()
 
 
-def output_path(flag: str, quick: bool, default: str) -> str:
-    return ("" if quick else default) if flag == "auto" else flag
+def as_record(loaded: dict) -> dict:
+    """A JSON file's record as {study: part}; a file of the difference study alone, as written
+    before the tangent study existed, holds that part at its top level."""
+    return {"difference": loaded} if "rows" in loaded else loaded
 
 
-def measure(quick: bool, batch: int, levels: int, variants, seed: int) -> dict:
-    """The study's record: what was measured ("header", "batch", "variants") and its rows."""
-    config = study_config(quick)
-    size, channels = config.data.image_size, config.data.channels
-    images = smooth_fields(seed, batch, size, channels)  # [B, H, W, C]
-    noise = np.random.default_rng([seed, 1]).standard_normal(images.shape)
-    noise = noise.astype(np.float32)  # [B, H, W, C]
-    sigmas = finest_grid(config)
-    indices = study_indices(sigmas, levels)
-    start = time.perf_counter()
-    params, rms = study_network(config, images, noise, seed)
-    header = (
-        f"{'tiny NCSN++ (--quick)' if quick else 'cifar10_ict NCSN++'}, N = {len(sigmas)}, "
-        f"batch {batch}, {len(indices)} levels, {jax.devices()[0].device_kind}; F's RMS at "
-        f"sigma_data before scaling the output conv: {rms:.3g}"
-    )
-    print(header)
-    rows = run_study(config, params, images, noise, indices, variants)
-    print(f"measured in {time.perf_counter() - start:.0f} s")
-    return {"header": header, "quick": quick, "batch": batch, "variants": variants, "rows": rows}
+def report(record: dict, header: bool = False) -> None:
+    """Prints the table and the reading of every study in the record (after its headers if
+    `header`)."""
+    if "difference" in record:
+        part = record["difference"]
+        config, rows, variants = study_config(part["quick"]), part["rows"], part["variants"]
+        if header:
+            print(part["header"])
+        print(markdown_table(rows, variants))
+        print(reading(config, rows, variants))
+    if "tangent" in record:
+        part = record["tangent"]
+        if header:
+            print(part["header"])
+        for method in precision_tangent.METHOD_CONFIGS:
+            print(f"\n{method}:")
+            print(precision_tangent.markdown_table(method, part[method], part["variants"]))
+            print(precision_tangent.reading(method, part[method], part["variants"]))
 
 
-def report(record: dict, png: str, header: bool = False):
-    """Prints the table and the reading of a record (after its header if `header`); writes its
-    plot to `png` unless ''."""
-    config, rows, variants = study_config(record["quick"]), record["rows"], record["variants"]
-    if header:
-        print(record["header"])
-    print(markdown_table(rows, variants))
-    print(reading(config, rows, variants))
-    if png:
-        network = "tiny NCSN++" if record["quick"] else "NCSN++"
-        title = f"{network}, N = {len(finest_grid(config))}, batch {record['batch']}"
-        fileio.write_bytes_atomic(png, plot_png(rows, variants, title))
-        print(f"plot: {png}")
+def write_outputs(record: dict, json_flag: str, png_flag: str, quick: bool) -> None:
+    """--json and --png: "auto" writes each study to its own docs file (nothing when quick), a
+    path the whole record, '' nothing."""
+    for flag, suffix, write, encode in (
+        (json_flag, ".json", fileio.write_json_atomic, lambda r: r),
+        (png_flag, ".png", fileio.write_bytes_atomic, plot_png),
+    ):
+        if flag == "auto":
+            targets = [] if quick else [(AUTO_PATHS[s] + suffix, {s: record[s]}) for s in record]
+        else:
+            targets = [(flag, record)] if flag else []
+        for path, part in targets:
+            write(path, encode(part))
+            print(f"wrote {path}")
 
 
 def main(argv):
     del argv
     quick, variants = _QUICK.value, _VARIANTS.value
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        raise ValueError(f"Unknown --variants {unknown}; valid: {list(VARIANTS)}.")
-    png = output_path(_PNG.value, quick, "docs/precision_study.png")
+    pi.check_variants(variants)
     if _FROM_JSON.value:
-        report(fileio.read_json(_FROM_JSON.value), png, header=True)
+        record = as_record(fileio.read_json(_FROM_JSON.value))
+        report(record, header=True)
+        write_outputs(record, "", _PNG.value, quick)
         return
-    batch, levels = _BATCH.value or (2 if quick else 4), _LEVELS.value or (4 if quick else 20)
-    record = measure(quick, batch, levels, variants, _SEED.value)
-    json_path = output_path(_JSON.value, quick, "docs/precision_study.json")
-    if json_path:
-        fileio.write_json_atomic(json_path, record)
-    report(record, png)
+    studies = STUDIES if _STUDY.value == "both" else (_STUDY.value,)
+    record = {}
+    if "difference" in studies:
+        batch, levels = _BATCH.value or (2 if quick else 4), _LEVELS.value or (4 if quick else 20)
+        record["difference"] = measure(quick, batch, levels, variants, _SEED.value)
+    if "tangent" in studies:
+        batch, times = _BATCH.value or 2, _TIMES.value or (3 if quick else 5)
+        record["tangent"] = precision_tangent.measure(quick, batch, times, variants, _SEED.value)
+    report(record)
+    write_outputs(record, _JSON.value, _PNG.value, quick)
 
 
 if __name__ == "__main__":

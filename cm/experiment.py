@@ -54,18 +54,35 @@ class Experiment:
         return NamedSharding(self.mesh, P("data"))
 
 
+def network_forms(config, entry: Method, model) -> Denoisers:
+    """The entry's forms of `model` under the run's precision policy (cm/precision.py): train,
+    sample and teacher (every network call: training loss, samplers, LCSC fitness) at
+    model.matmul_precision in model.dtype (the model's own); jvp, the train form of a second
+    model at method.jvp_dtype and method.jvp_matmul_precision, for an entry that owns those
+    fields (a JVP method) and only when they differ from the network's (else None: the JVP
+    shares the train form's pass)."""
+    forms = entry.parameterization(config, model)
+    train, sample, teacher = (
+        precision.with_matmul_precision(d, config.model.matmul_precision) for d in forms[:3]
+    )
+    owns_jvp = all(field in entry.defaults for field in precision.JVP_DEFAULTS)
+    jvp_config = precision.jvp_config(config) if owns_jvp else None
+    jvp = None
+    if jvp_config is not None:
+        jvp_model = build_model(jvp_config, second_noise_label=entry.second_noise_label)
+        jvp = precision.with_matmul_precision(
+            entry.parameterization(jvp_config, jvp_model).train,
+            jvp_config.model.matmul_precision,
+        )
+    return Denoisers(train, sample, teacher, jvp)
+
+
 def build(config, devices=None) -> Experiment:
     """The run's pieces for config.method.name, from its entry in the method table (resolved
     here, once, and kept as Experiment.method)."""
     entry = methods.get(config.method.name)
     model = build_model(config, second_noise_label=entry.second_noise_label)
-    # Every network call (training loss, samplers, LCSC fitness) at model.matmul_precision.
-    denoisers = Denoisers(
-        *(
-            precision.with_matmul_precision(d, config.model.matmul_precision)
-            for d in entry.parameterization(config, model)
-        )
-    )
+    denoisers = network_forms(config, entry, model)
     return Experiment(
         method=entry,
         model=model,

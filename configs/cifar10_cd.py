@@ -55,7 +55,10 @@ def get_config(arg=None):
     # which reads zero labels here). CM distils with dropout 0.
     c.model = cifar10_edm.get_config().model
     c.model.dropout = 0.0
-    c.model.matmul_precision = "default"  # jcm sets none: JAX's default (TF32 on A100s)
+    # jcm sets none: JAX's default (TF32 on A100s). At N = 18 the top pair's difference is
+    # about 90 times iCT's finest, so TF32's noise over it is an estimated 0.1 there and less
+    # below (docs/methods.md section 11).
+    c.model.matmul_precision = "default"
 
     c.method.name = "cd"
     c.method.cd_num_scales = 18

@@ -50,7 +50,8 @@ def get_config(arg=None):
     # and its weights get zero gradients: the same function as ECT's.
     c.model = cifar10_edm.get_config().model
     c.model.dropout = 0.2
-    c.model.matmul_precision = "highest"  # ct_train.py: --tf32=False, float32 (no --fp16)
+    # ct_train.py: --tf32=False, float32 (no --fp16); docs/methods.md section 11.
+    c.model.matmul_precision = "highest"
 
     c.method.name = "ect"
     c.method.p_mean = -1.1

@@ -40,6 +40,10 @@ def get_config(arg=None):
     c.model.augment_dim = 6  # model_configs.py with --use_edm_aug
     c.model.use_labels = False
     c.model.dropout = 0.2
+    # Full float32, the JVP at the network's precision (docs/methods.md section 11). The
+    # authors' CIFAR-10 code runs TF32 and the tangent study allows it (emulated); `default`
+    # becomes the choice once a device's real TF32 path confirms it.
+    c.model.dtype = "float32"
     c.model.matmul_precision = "highest"
 
     c.method.name = "meanflow"
@@ -51,6 +55,8 @@ def get_config(arg=None):
     c.method.mf_equal_fraction = 0.25
     c.method.mf_norm_p = 0.75
     c.method.mf_norm_eps = 1e-3
+    c.method.jvp_dtype = "model"  # one pass: the JVP's primal is the prediction (section 11)
+    c.method.jvp_matmul_precision = "model"
 
     # train_loop.py's AugmentPipe (module docstring): EDM's CIFAR-10 pipeline without y-flips
     # and rotations; strengths (scale_std, aniso_std, translate_frac_std, ...) at EDM's defaults.

@@ -37,6 +37,8 @@ def get_config(arg=None):
     # FastGen's sCD config: dropout 0 (the student starts as the teacher, which EDM trained
     # with 0.13); sCT keeps 0.2 (docs/methods.md section 9, "sCT and sCD: open settings").
     c.model.dropout = 0.0
+    # sCT's policy (docs/methods.md section 11): sCD's g shrinks as the student becomes
+    # consistent, which the tangent study's initialized network cannot show.
     c.model.matmul_precision = "highest"
 
     c.method.name = "scd"

@@ -55,7 +55,10 @@ def get_config(arg=None):
     c.model.augment_dim = 0
     c.model.use_labels = False
     c.model.dropout = 0.2  # FastGen's sCM CIFAR-10 config (config_scm.py)
-    c.model.matmul_precision = "highest"  # full float32 for consistency training
+    # Full float32, the JVP at the network's precision (docs/methods.md section 11): FastGen's
+    # CIFAR-10 sCM turns TF32 off; the tangent study allows TF32, which a device must confirm.
+    c.model.dtype = "float32"
+    c.model.matmul_precision = "highest"
 
     c.method.name = "sct"
     c.method.trig_form = "trigflow"
@@ -70,6 +73,8 @@ def get_config(arg=None):
     c.method.scm_prior_weighting = True
     c.method.scm_weighting_channels = 128
     c.method.scm_weighting_fourier_scale = 1.0
+    c.method.jvp_dtype = "model"  # one pass for F_theta and its JVP (section 11)
+    c.method.jvp_matmul_precision = "model"
 
     c.augment.p = 0.0
 

@@ -257,10 +257,11 @@ def ict_recipe(c: ml_collections.ConfigDict) -> None:
     section 2): the curriculum s0 = 10 -> s1 = 1280, lognormal (-1.1, 2.0) index law,
     pseudo-Huber, RAdam 1e-4, 50k samples for FID, in full float32.
 
-    Full float32 (section 2, Readings): at N = 1281 the difference between neighbouring levels
-    is smaller than the rounding noise of TF32 (GPUs' default) above sigma ~ 5 and of bfloat16
-    above sigma ~ 0.2 (BENCHMARKS.md, "Precision study", measured on NCSN++). iCT released no
-    code; the CIFAR-10 JAX code it builds on sets no precision (TF32 on A100s):
+    Full float32 (section 2, Readings; the policy: section 11): at N = 1281 the difference
+    between neighbouring levels is smaller than the rounding noise of TF32 (GPUs' default)
+    above sigma ~ 5 and of bfloat16 above sigma ~ 0.2 (BENCHMARKS.md, "Precision study",
+    measured on NCSN++). iCT released no code; the CIFAR-10 JAX code it builds on sets no
+    precision (TF32 on A100s):
     --config.model.matmul_precision=default runs that, faster on GPUs and TPUs.
     """
     c.model.dtype = "float32"

@@ -1,5 +1,7 @@
-"""benchmarks/precision_study.py (issue 13) and its emulated accelerator precisions compute what
-they claim: the rounding, the relative norms, the grid levels, the study's network, the table."""
+"""benchmarks/precision_study.py (issues 13, 22), its shared inputs and its emulated
+accelerator precisions compute what they claim: the rounding, the relative norms, the grid
+levels, the study's network, the table, the record's files. The tangent study's own formulas:
+tests/test_precision_tangent.py."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,10 @@ import numpy as np
 import pytest
 
 from benchmarks import emulated_matmul as em
+from benchmarks import precision_inputs as pi
 from benchmarks import precision_study as ps
+from cm import experiment
+from cm.io import fileio
 
 
 def test_round_mantissa_at_7_bits_is_the_bfloat16_conversion():
@@ -56,7 +61,7 @@ def test_every_conv_and_matmul_gets_rounded_inputs_also_inside_jit_and_custom_jv
 
 def test_metrics_of_a_variant_equal_to_the_reference_are_exactly_zero():
     lo, hi = np.random.default_rng(0).standard_normal((2, 3, 4, 4, 2)).astype(np.float32)
-    assert ps.variant_metrics(lo, hi, lo, hi) == {"f error": 0, "pair noise": 0, "noise/signal": 0}
+    assert ps.variant_metrics(lo, hi, lo, hi) == dict.fromkeys(ps.PER_VARIANT, 0)
 
 
 def test_signal_and_noise_hand_values():
@@ -73,6 +78,8 @@ def test_signal_and_noise_hand_values():
     assert metrics["f error"] == pytest.approx((0.3 / 5.5 + 0.0) / 2)
     assert metrics["pair noise"] == pytest.approx((0.5 / 5.5 + 0.0) / 2)
     assert metrics["noise/signal"] == pytest.approx((0.5 / 0.5 + 0.0) / 2)
+    # Only the student in the variant: d_v - d = (0.3, 0), norm 0.3 against ||d|| = 0.5.
+    assert metrics["student noise/signal"] == pytest.approx((0.3 / 0.5 + 0.0) / 2)
 
 
 def test_study_levels_spread_log_uniformly_over_the_finest_ict_grid():
@@ -90,9 +97,9 @@ def test_study_levels_spread_log_uniformly_over_the_finest_ict_grid():
 
 
 def test_smooth_fields_are_deterministic_images_in_range():
-    a = ps.smooth_fields(3, 4, 16, 3)
+    a = pi.smooth_fields(3, 4, 16, 3)
     assert a.shape == (4, 16, 16, 3) and a.dtype == np.float32
-    np.testing.assert_array_equal(a, ps.smooth_fields(3, 4, 16, 3))
+    np.testing.assert_array_equal(a, pi.smooth_fields(3, 4, 16, 3))
     assert a.min() == pytest.approx(-1.0) and a.max() == pytest.approx(1.0)
     # Smooth: neighbouring pixels correlate far more than white noise (correlation 0) would.
     corr = np.corrcoef(a[:, :, :-1].ravel(), a[:, :, 1:].ravel())[0, 1]
@@ -102,19 +109,20 @@ def test_smooth_fields_are_deterministic_images_in_range():
 @pytest.mark.slow
 def test_study_network_is_not_the_near_zero_output_of_a_fresh_network():
     config = ps.study_config(quick=True)
-    images = ps.smooth_fields(0, 2, 8, 3)
+    images = pi.smooth_fields(0, 2, 8, 3)
     noise = np.random.default_rng(1).standard_normal(images.shape).astype(np.float32)
-    exp = ps.experiment.build(config)
+    exp = experiment.build(config)
     sigma_data = config.method.sigma_data
-    fresh = ps.experiment.init_params(exp, config)
+    fresh = experiment.init_params(exp, config)
+    pair = ps.pair_function(config, pi.REFERENCE)
     # EDM's initialization: F about 1e-5, so f would be c_skip x alone.
-    assert ps.raw_output_rms(exp.denoise, config, fresh, images, noise, sigma_data) < 1e-3
-    params, rms = ps.study_network(config, images, noise, seed=0)
+    assert ps.raw_output_rms(pair, config, fresh, images, noise, sigma_data) < 1e-3
+    params, rms = ps.study_network(config, pair, images, noise, seed=0)
     assert rms > 1e-2  # the redrawn branch closers and output conv
-    got = ps.raw_output_rms(exp.denoise, config, params, images, noise, sigma_data)
+    got = ps.raw_output_rms(pair, config, params, images, noise, sigma_data)
     assert got == pytest.approx(1.0, rel=1e-4)
     with pytest.raises(RuntimeError, match="not a near-zero initialized kernel"):
-        ps.randomize_branch_closers(params, seed=0)  # the check sees already redrawn kernels
+        pi.randomize_branch_closers(params, seed=0)  # the check sees already redrawn kernels
 
 
 @pytest.mark.slow
@@ -137,7 +145,8 @@ def test_quick_study_table_and_cpu_default_precision():
     assert len(table) == 2 + 3
     text = ps.reading(ps.study_config(True), rows, variants)
     assert "f32 default: noise/signal 0 to 0; drowns (>= 1) at no level" in text
-    assert ps.plot_png(rows, variants, "quick").startswith(b"\x89PNG")
+    assert "f32 default: student noise/signal 0 to 0; drowns (>= 1) at no level" in text
+    assert ps.plot_png({"difference": record}).startswith(b"\x89PNG")
 
 
 def test_training_mass_of_the_whole_grid_is_one_and_drowned_runs_are_contiguous():
@@ -153,3 +162,27 @@ def test_training_mass_of_the_whole_grid_is_one_and_drowned_runs_are_contiguous(
     # 2.74): P(i >= 516, sigma_516 = 1.00, z = 0.55) = (Phi(2.74) - Phi(0.55)) / (Phi(2.74) -
     # Phi(-2.56)) = (0.9969 - 0.7088) / 0.9917 = 0.29.
     assert ps.training_mass(config, rows, [(1, 3)]) == pytest.approx(0.29, abs=0.01)
+
+
+def test_old_difference_records_read_and_auto_paths_write_each_study_to_its_own_file(
+    tmp_path, monkeypatch
+):
+    old = {"header": "h", "quick": True, "batch": 2, "variants": ["bf16"], "rows": [{"i": 0}]}
+    assert ps.as_record(old) == {"difference": old}  # written before the tangent study existed
+    both = {"difference": old, "tangent": {"header": "t"}}
+    assert ps.as_record(both) == both
+    # The record written before "student noise/signal" existed still tabulates.
+    row = {"i": 0, "sigma_i": 0.002, "gap": 0.02, "signal": 1e-4, "bf16 f error": 1e-6}
+    assert ps.markdown_table([row], ["bf16"]).splitlines()[0].endswith("| bf16 f error |")
+    monkeypatch.setattr(ps, "AUTO_PATHS", {s: str(tmp_path / s) for s in ps.STUDIES})
+    ps.write_outputs(both, "auto", "", quick=False)
+    assert fileio.read_json(tmp_path / "difference.json") == {"difference": old}
+    assert fileio.read_json(tmp_path / "tangent.json") == {"tangent": {"header": "t"}}
+    ps.write_outputs(both, str(tmp_path / "all.json"), "", quick=False)  # a path: one record
+    assert fileio.read_json(tmp_path / "all.json") == both
+    ps.write_outputs(both, "auto", "", quick=True)  # --quick writes nothing by default
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "all.json",
+        "difference.json",
+        "tangent.json",
+    ]

@@ -18,7 +18,9 @@ trajectory) gives the training target
 t and r are logit-normal; a fixed fraction of each batch has r = t (plain flow matching).
 With EDM's augmentation on (augment.p > 0, the CIFAR-10 recipe), x is the augmented image, so
 v = e - x_aug, and its labels condition u in the JVP (constants: no tangent); sampling passes
-none, which the network reads as zero labels.
+none, which the network reads as zero labels. The JVP runs at the network's precision in that
+one pass unless method.jvp_dtype / method.jvp_matmul_precision name its own (cm/precision.py);
+the target, the error and the weighting are float32.
 Sampling: z_r = z_t - (t - r) u(z_t, r, t) over decreasing times from 1 to 0; one step is
 x = e - u(e, 0, 1).
 """
@@ -28,6 +30,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from cm import precision
 from cm.methods import augment
 from cm.methods.spec import Denoisers, Method, SamplerKind, invalid, require_number, stateless
 from cm.precond import bcast
@@ -48,6 +51,10 @@ DEFAULTS = {
     "mf_equal_fraction": 0.25,  # rows with r = t (CIFAR-10: r != t for 75%)
     "mf_norm_p": 0.75,  # adaptive loss weighting 1 / sg(err + eps)^p (CIFAR-10)
     "mf_norm_eps": 1e-3,
+    # The JVP pass's dtype and matmul precision (cm/precision.py): "model" = the network's, one
+    # pass whose primal is the prediction, as both official codes (FastGen's
+    # precision_amp_jvp default).
+    **precision.JVP_DEFAULTS,
 }
 
 MF_CONDITIONS = ("t_minus_r", "r")  # the second time label: t - r (both official codes) or r
@@ -141,8 +148,13 @@ def meanflow_loss(
     norm_p: float,
     norm_eps: float,
     augment_settings: augment.Settings | None = None,
+    u_jvp=None,
 ):
     """MeanFlow loss (module docstring), batch mean. u: make_u(...). Returns (loss, metrics).
+
+    u_jvp: u at the JVP pass's own precision (Denoisers.jvp): du/dt then comes from its JVP of
+    the stop-gradient parameters and the prediction from a separate pass of u (same inputs,
+    labels and dropout key); None = one pass of u, whose JVP's primal is the prediction.
 
     With `augment_settings` enabled, x is the batch after EDM's augmentation (augment.for_step:
     the key fold_in(rng, augment.AUGMENT_TAG), as EDM's loss), and the labels go to the one
@@ -168,7 +180,15 @@ def meanflow_loss(
     # As the official code: the JVP's primal is the prediction that carries the gradient (a
     # stop-gradient JVP plus a separate forward pass compiles to the same program).
     fn = lambda z_, r_, t_: u(params, z_, r_, t_, labels, True, k_dropout, augment_labels)
-    pred, dudt = total_derivative(fn, z, r, t, v)
+    if u_jvp is None:
+        pred, dudt = total_derivative(fn, z, r, t, v)
+    else:
+        frozen = jax.lax.stop_gradient(params)
+        fn_jvp = lambda z_, r_, t_: u_jvp(
+            frozen, z_, r_, t_, labels, True, k_dropout, augment_labels
+        )
+        _, dudt = total_derivative(fn_jvp, z, r, t, v)
+        pred = fn(z, r, t)
     target = jax.lax.stop_gradient(v - bcast(t - r) * dudt)
     err = jnp.sum(jnp.square(pred - target), axis=(1, 2, 3))  # [B]
     loss = jnp.mean(adaptive_weighted(err, norm_p, norm_eps))
@@ -207,6 +227,7 @@ def check(config, mode: str):
     for name in ("mf_t_std", "mf_r_std", "mf_norm_eps"):
         require_number(f"method.{name}", m[name], 0, lo_open=True)
     require_number("method.mf_norm_p", m.mf_norm_p, 0)
+    precision.check_jvp(config)
     f = m.mf_equal_fraction
     if not (isinstance(f, int | float) and 0 <= f <= 1):
         invalid("method.mf_equal_fraction", f, "the fraction of rows with r = t is in [0, 1]")
@@ -244,6 +265,7 @@ def objective(config, denoisers):
         norm_p=m.mf_norm_p,
         norm_eps=m.mf_norm_eps,
         augment_settings=augment.Settings.from_config(config.augment),
+        u_jvp=denoisers.jvp,
     )
 
     return stateless(loss)

@@ -15,7 +15,9 @@ F_theta's value under stop_gradient, so F_theta - F- is zero in value and only c
 gradient. The JVP runs with the same dropout key as the F_theta pass (one mask for both;
 method.scm_jvp_dropout = fresh gives it its own), and the step enters only through r, a traced
 value: one compiled step serves warm-up and after. w is TimeWeighting (one of three heads,
-method.scm_weighting_head), a separate parameter tree trained with the network.
+method.scm_weighting_head), a separate parameter tree trained with the network. The JVP runs
+at the network's precision unless method.jvp_dtype / method.jvp_matmul_precision name its own
+(cm/precision.py); everything after the network (g, its normalization, w, the loss) is float32.
 
 The method-table entries (SCT, SCD) and their sampler kind (SAMPLERS) close the module. Their
 Denoisers are not EDM-signature denoisers of sigma: train is the normalized velocity
@@ -35,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from cm import precision
 from cm.methods import trigflow
 from cm.methods.spec import Denoisers, Method, SamplerKind, invalid, require_number
 from cm.models import build_model
@@ -68,6 +71,9 @@ DEFAULTS = {
     "scm_jvp_dropout": "shared",
     # sCM gives no clipping and FastGen's multistep sampler re-noises the raw x0 estimate.
     "scm_clip_denoised": False,
+    # The JVP pass's dtype and matmul precision (cm/precision.py): "model" = the network's, in
+    # one pass with F_theta (sCM gives none; FastGen's precision_amp_jvp default).
+    **precision.JVP_DEFAULTS,
 }
 
 
@@ -119,6 +125,9 @@ WEIGHTING_HEADS = ("sincos", "edm2", "network")  # method.scm_weighting_head
 JVP_DROPOUTS = ("shared", "fresh")  # method.scm_jvp_dropout
 FRESH_JVP_TAG = 1  # fold_in tag of the JVP's own dropout key (scm_jvp_dropout "fresh")
 EDM2_NORM_EPS = 1e-4  # EDM2's normalize(): w / (eps + ||w|| / sqrt(n))
+# w(t) is part of the loss, float32 under every policy (cm/precision.py): its one-output layer
+# runs at full float32 on every device, never the device's TF32 or bfloat16-pass default.
+WEIGHTING_PRECISION = jax.lax.Precision.HIGHEST
 
 
 def edm2_fourier(labels, channels: int, scale: float, seed: int):
@@ -135,7 +144,7 @@ def edm2_linear(feats, weight):
     sqrt(n), i.e. a unit-norm weight on unit-variance features. weight: [n]. Returns [B]."""
     n = weight.shape[0]
     unit = weight / (EDM2_NORM_EPS + jnp.linalg.norm(weight) / np.sqrt(n)) / np.sqrt(n)
-    return feats @ unit
+    return jnp.matmul(feats, unit, precision=WEIGHTING_PRECISION)
 
 
 class TimeWeighting(nn.Module):
@@ -169,7 +178,10 @@ class TimeWeighting(nn.Module):
         if self.head == "network":
             feats = NoiseEmbedding(*self.network_embedding)(labels)  # [B, network width]
             kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
-            return nn.Dense(1, kernel_init=kernel_init, name="linear")(feats)[:, 0]
+            dense = nn.Dense(
+                1, kernel_init=kernel_init, precision=WEIGHTING_PRECISION, name="linear"
+            )
+            return dense(feats)[:, 0]
         if self.head != "sincos":
             raise ValueError(
                 f"Unknown method.scm_weighting_head {self.head!r}; valid: {list(WEIGHTING_HEADS)}."
@@ -177,7 +189,10 @@ class TimeWeighting(nn.Module):
         feats = NoiseEmbedding("fourier", self.channels, self.fourier_scale, self.fourier_seed)(
             labels
         )  # [B, channels]
-        return nn.Dense(1, kernel_init=nn.initializers.zeros, name="linear")(feats)[:, 0]
+        dense = nn.Dense(
+            1, kernel_init=nn.initializers.zeros, precision=WEIGHTING_PRECISION, name="linear"
+        )
+        return dense(feats)[:, 0]
 
 
 def make_weighting(module: TimeWeighting, time_label):
@@ -209,12 +224,14 @@ def scm_loss(
     jvp_dropout: str = "shared",
     teacher=None,
     teacher_params=None,
+    F_jvp=None,
 ):
     """sCT (teacher None) or sCD loss, batch mean of the per-sample loss in the module docstring.
 
     F: trigflow.make_flow(...), F(params, x_t, t, labels, train, dropout_rng); weighting:
     make_weighting(...); teacher: an F of the frozen teacher network (sCD), run in eval mode;
-    jvp_dropout: the JVP's dropout key is the F_theta pass's ("shared") or its own ("fresh").
+    jvp_dropout: the JVP's dropout key is the F_theta pass's ("shared") or its own ("fresh");
+    F_jvp: F at the JVP pass's own precision (Denoisers.jvp), None = F itself (one pass).
     Returns (loss, metrics).
     """
     x0, labels = batch["image"], batch.get("label")  # [B, H, W, C], [B]
@@ -230,13 +247,15 @@ def scm_loss(
     dxdt = jax.lax.stop_gradient(dxdt)
 
     # The JVP of the stop-gradient network, then F_theta. With the same dropout key ("shared")
-    # XLA merges the JVP's primal with this forward pass (identical computations): the compiled
-    # step has the convolutions, FLOPs and memory of taking F_theta as the JVP's primal.
+    # and the network's precision (F_jvp None) XLA merges the JVP's primal with this forward
+    # pass (identical computations): the compiled step has the convolutions, FLOPs and memory
+    # of taking F_theta as the JVP's primal. F- is F_theta's value in either case.
     if jvp_dropout not in JVP_DROPOUTS:
         raise ValueError(f"Unknown method.scm_jvp_dropout {jvp_dropout!r}; valid: {JVP_DROPOUTS}.")
     k_jvp = k_dropout if jvp_dropout == "shared" else jax.random.fold_in(k_dropout, FRESH_JVP_TAG)
     frozen = jax.lax.stop_gradient(params)
-    _, dF_scaled = jvp_tangent(lambda x, s: F(frozen, x, s, labels, True, k_jvp), x_t, t, dxdt)
+    F_of = F if F_jvp is None else F_jvp
+    _, dF_scaled = jvp_tangent(lambda x, s: F_of(frozen, x, s, labels, True, k_jvp), x_t, t, dxdt)
     F_theta = F(params, x_t, t, labels, True, k_dropout)
     F_minus, dF_scaled = jax.lax.stop_gradient((F_theta, dF_scaled))
 
@@ -318,6 +337,7 @@ def objective(config, denoisers, distill: bool):
         prior_weighting=m.scm_prior_weighting,
         tangent_norm=m.scm_tangent_norm,
         jvp_dropout=m.scm_jvp_dropout,
+        F_jvp=denoisers.jvp,
     )
 
     def loss_fn(params, batch, rng, step, aux=(), extra=()):
@@ -382,6 +402,7 @@ def check(config, mode: str, distill: bool):
             "--config.method.scm_weighting_head=sincos (or edm2)",
         )
     require_number("method.trig_time_scale", m.trig_time_scale, 0, lo_open=True)
+    precision.check_jvp(config)
     tangent = label_time_tangent(config)
     if tangent > SCM_LABEL_TANGENT:
         logging.warning(

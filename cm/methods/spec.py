@@ -22,6 +22,8 @@ The fields of a `Method`:
         `precond_pair(train_kind, sample_kind)` builds it from precond.SCALINGS. (sct, scd and
         meanflow take TrigFlow / MeanFlow times instead of sigma: their own samplers and
         objectives are the only callers; trigflow's train form too, its sample form is sigma's.)
+        experiment.network_forms applies the precision policy (cm/precision.py) to its forms
+        and adds the JVP pass's own form (Denoisers.jvp) when the policy asks for one.
     sampler: a SamplerKind, the kind of the method's samplers: it names its instances from the
         config ({name: levels}, e.g. 1step and 2step from sampling.consistency_levels), builds
         each as a per-device fn(params, rng, labels, shape) around the sample denoiser.
@@ -77,11 +79,16 @@ class Denoisers(NamedTuple):
              consistency function)
     sample   the form every sampler uses (ECT: the boundary-respecting consistency function)
     teacher  EDM's denoiser of the same network, for a frozen diffusion teacher (CD)
+    jvp      the train form at the JVP pass's own precision (method.jvp_dtype,
+             method.jvp_matmul_precision; cm/precision.py), for the methods that take a jax.jvp
+             of the network (sct, scd, meanflow); None (the default): the JVP runs at the
+             network's precision, in the train form's own pass
     """
 
     train: Any
     sample: Any
     teacher: Any
+    jvp: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
