@@ -10,7 +10,6 @@ use `jax.eval_shape` (no compilation), and only one test compiles a real initial
 import functools
 import math
 
-import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,38 +176,16 @@ def _group_norm_float64(x, scale, bias, groups, eps):
     return y * np.asarray(scale, np.float64) + np.asarray(bias, np.float64)
 
 
-def test_group_norm_value_gradient_and_tangent_are_the_formulas():
-    """cm's GroupNorm (written-out tangent rule) against float64 GroupNorm and against
-    autodiff of flax's two-pass GroupNorm: the value at |mean| = 50 >> std = 3 (where a
-    one-pass E[x^2] - E[x]^2 would lose digits), the gradient, jax.jvp, and the gradient of a
-    jvp (what sCT and MeanFlow differentiate)."""
+def test_group_norm_is_the_two_pass_formula_when_the_mean_dwarfs_the_spread():
+    """GroupNorm against float64 at |mean| = 50 >> std = 3, where flax's one-pass
+    E[x^2] - E[x]^2 would lose digits (x^2 ~ 2500 has float32 ulp 2.4e-4, 3e-5 of var 9)."""
     x = jnp.asarray(3.0 * RNG.standard_normal((2, 4, 4, 16)) + 50.0, jnp.float32)
-    norm, groups = make_norm("group", 16, 4, 1e-6, jnp.float32, "n"), 4
+    norm = make_norm("group", 16, 4, 1e-6, jnp.float32, "n")
     params = norm.init(key(0), x)["params"]
-    assert {k: v.shape for k, v in params.items()} == {"scale": (16,), "bias": (16,)}
     params = {k: v + jnp.asarray(RNG.standard_normal(16), jnp.float32) for k, v in params.items()}
-    reference = flax.linen.GroupNorm(groups, epsilon=1e-6, use_fast_variance=False)
-    ours = lambda p, x: norm.apply({"params": p}, x)  # noqa: E731
-    theirs = lambda p, x: reference.apply({"params": p}, x)  # noqa: E731
-    exact = _group_norm_float64(x, params["scale"], params["bias"], groups, 1e-6)
-    # float32's x has ulp 2^-18 * 32 = 3.8e-6 near 50: about 1.3e-6 of std 3 per value.
-    np.testing.assert_allclose(ours(params, x), exact, atol=2e-5)
-    w = jnp.asarray(RNG.standard_normal(x.shape), jnp.float32)
-    t = jnp.asarray(RNG.standard_normal(x.shape), jnp.float32)
-    loss = lambda f: lambda p, x: jnp.sum(w * f(p, x) ** 2)  # noqa: E731
-    tangent = lambda f, p: jax.jvp(lambda x: f(p, x), (x,), (t,))[1]  # noqa: E731
-    tangent_loss = lambda f: lambda p: jnp.sum(w * tangent(f, p) ** 2)  # noqa: E731
-    pairs = (
-        (jax.grad(loss(ours), (0, 1))(params, x), jax.grad(loss(theirs), (0, 1))(params, x)),
-        (tangent(ours, params), tangent(theirs, params)),
-        (
-            jax.grad(tangent_loss(ours))(params)["scale"],
-            jax.grad(tangent_loss(theirs))(params)["scale"],
-        ),
-    )
-    for a, b in pairs:
-        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-            np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5 * float(jnp.abs(v).max()))
+    exact = _group_norm_float64(x, params["scale"], params["bias"], 4, 1e-6)
+    # float32's x has ulp 3.8e-6 near 50: about 1.3e-6 of std 3 per value.
+    np.testing.assert_allclose(norm.apply({"params": params}, x), exact, atol=2e-5)
 
 
 def test_group_count_guard():
