@@ -1,83 +1,86 @@
-"""What the device present does with the paper networks, in ONE table.
+"""What the device present does with every method's training step, sampler and FID network, in
+ONE table (issue 22).
 
-    python -m benchmarks.device_check            # realistic sizes (an accelerator)
-    python -m benchmarks.device_check --quick    # tiny networks, batch 2-4 (the CPU)
-    bash benchmarks/device_check.sh              # the prepared accelerator run, in parts
+    bash benchmarks/device_check.sh                            # on a lent accelerator
+    DEVICE_CHECK_FLAGS=--quick bash benchmarks/device_check.sh # the same on a CPU, tiny networks
+    python -m benchmarks.device_check --quick                  # phases compile, measure, report
+    python -m benchmarks.device_check --phase=report --results=FILE   # a results file's table
 
-Rows (columns: benchmarks/device_rows.py's COLUMNS):
-- train: the jitted training step (loss, gradient, optimizer, EMAs) of cifar10_ict (NCSN++),
-  cifar10_edm (DDPM++), imagenet64_ict (ADM) and slct_latent (sLCT's latent ADM with NsLN,
-  configs/celebahq256_slct.py) at a per-device batch of 128 (32 px images, 32 x 32 latents) or
-  32 (64 px), in each precision mode of benchmarks/perf.py: float32 at highest matmul precision,
-  float32 at the device default, bfloat16 compute.
-- sample: cifar10_ict's 1-step sampler and cifar10_edm's Heun (18 steps, 35 network
-  evaluations), each at its config's precision.
-- inception: FID Inception features of 32 px uint8 images (full float32, as evaluation runs).
-- fid 50k: projected wall time of a 50k-sample FID on one device: 50k / sampler images/s +
-  50k / Inception images/s (the reference statistics are computed once per dataset).
-- max batch: the largest per-device batch whose training step compiles and runs without
-  running out of memory, at the config's precision: doubling from the realistic batch, then
-  bisection to within --max_batch_tolerance (multiples of 8; --quick: tiny sizes up to 2x).
-- recipe: an ESTIMATE of the paper recipe's wall time on --recipe_devices such devices, data
-  parallel: steps x (step time scaled linearly to the per-device share of the global batch),
-  with no communication or input cost.
+Units, in run order (benchmarks/device_units.py):
+- train: the training step (loss, gradient, optimizer, EMAs) of every method of the method table
+  on configs/cifar10_<method>.py at batch 128 per device (--quick: 4), in each precision mode
+  of benchmarks/perf.py: TF32 (the device default), bfloat16 compute, full float32 (highest);
+  the rows that a published reference compares with (benchmarks/device_reference.py) first.
+- profile: the iCT and MeanFlow steps at their config's precision under jax.profiler: the top
+  kernels, and device time by category of work (benchmarks/device_profile.py).
+- sample: cifar10_ict's 1-step and 2-step samplers at the config's sampling batch (1024).
+- inception: the FID Inception features of 32 px uint8 images at the evaluation batch (256;
+  --quick: 1, the real network).
+Derived rows: each reference's published images/s per GPU with cm's ratio, the projected wall
+time of a 50k-sample FID, and an ESTIMATE of each paper recipe's wall time on --recipe_devices
+devices.
 
-Columns: seconds per call (step, sampler call, feature batch; for fid and recipe the projected
-total), images/s, FLOPs per call (benchmarks/perf.py `flops`: XLA's count of the lowered
-module, the same on every device; a GPU's compiled count misses the cuDNN convolutions), MFU =
-achieved FLOP/s over the device's published peak for the mode (benchmarks/perf.py; "n/a" for
-an unknown device), the same over an n x n matmul measured in the same process in the same
-mode, and the peak device memory (memory_stats()["peak_bytes_in_use"]; "n/a" where the
-backend keeps none, as on CPUs).
+Phases (--phase; "all" runs the three): compile: worker processes (--jobs) compile every
+program at once into the program store (--store), running nothing (benchmarks/
+device_compile.py); measure: one process loads each stored program and times it (a program the
+store lacks is compiled there, with the persistent compilation cache); report: the table of
+the results file (benchmarks/device_table.py). Results go to --results as each compile and
+unit finishes (JSON, written atomically, and to --results_copy); a later run with the same file
+skips what it holds, so a run cut by a time limit continues where it stopped.
 
-On an accelerator every measurement ("unit") runs in a fresh worker process (--isolate=auto),
-so its peak memory is its own and an out-of-memory error ends one unit, not the check; on the
-CPU the units run in this process. Results go to --results as they finish (JSON, written
-atomically); a later run with the same file skips the units it holds, so a check cut short by
-a time limit continues where it stopped. The persistent compilation cache
-(--compilation_cache_dir, as training) makes a repeated check compile nothing.
-
-This file is the command line; the check lives in benchmarks/device_*.py: device_setup (the
-networks, sizes and device context every unit shares), device_train (train and recipe rows),
-device_sampling (sample, inception and fid rows), device_max_batch (max batch rows),
-device_rows (the columns and shared cells), device_units (the plan; a unit in this process or
-a worker) and device_table (the table).
+Columns: seconds per call, images/s, GFLOP per call (benchmarks/perf.py `flops`: the lowered
+module's count, the same on every device), MFU = achieved FLOP/s over the device's published
+peak for the mode ("n/a" for an unknown device), the same over an n x n matmul measured in the
+measuring process in the same mode, XLA's peak memory of the compiled program, and its compile
+seconds.
 """
 
-import gc
-import json
 import os
 import sys
-import time
 
 from absl import app, flags
 
-from benchmarks import device_max_batch, device_setup, device_table, device_units, perf
+from benchmarks import (
+    device_compile,
+    device_programs,
+    device_setup,
+    device_table,
+    device_units,
+    perf,
+)
 from cm import compile_cache
 from cm.io import fileio
-from configs import common
 
-SECTIONS, NETWORK_NAMES = device_setup.SECTIONS, device_setup.NETWORK_NAMES
-MIN_UNIT_SECONDS = 30  # under --time_limit, no unit starts with less time left
+PHASES = ("all", "compile", "measure", "report")
 
+_PHASE = flags.DEFINE_enum("phase", "all", PHASES, "What to run (module docstring).")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny networks and batches (a CPU check).")
-_SECTIONS = flags.DEFINE_list("sections", list(SECTIONS), f"Any of {list(SECTIONS)}.")
-_NETWORKS = flags.DEFINE_list("networks", list(NETWORK_NAMES), f"Any of {list(NETWORK_NAMES)}.")
+_SECTIONS = flags.DEFINE_list("sections", list(device_units.SECTIONS), "Units to run.")
+_METHODS = flags.DEFINE_list("methods", list(device_setup.METHODS), "Methods of the train rows.")
 _PRECISIONS = flags.DEFINE_list(
-    "precisions",
-    list(perf.PRECISION_MODES)[:3],
-    "Training-step precision modes (benchmarks/perf.py).",
+    "precisions", list(device_setup.MODES), "Precision modes of the train rows, in run order."
 )
-_STEPS = flags.DEFINE_integer("steps", 0, "Timed calls per unit; 0 = 10 (--quick: 2).")
-_RESULTS = flags.DEFINE_string("results", "", "JSON file of finished units ('' = none kept).")
-_ISOLATE = flags.DEFINE_enum(
-    "isolate", "auto", ["auto", "true", "false"], "A worker process per unit; auto: off on CPU."
+_TRAIN_UNITS = flags.DEFINE_list(
+    "train_units",
+    [],
+    "Only these train units, as method:mode with '_' for a space in the mode (ict:f32_highest); "
+    "empty: every method in every mode.",
 )
-_MAX_BATCH_CAP = flags.DEFINE_integer(
-    "max_batch_cap", 4096, "Largest per-device batch tried (--quick: twice the batch)."
+_PROFILE_PRECISION = flags.DEFINE_string(
+    "profile_precision",
+    device_units.CONFIG,
+    "Precision mode of the profiled steps ('_' for a space); 'config': each config's own.",
 )
-_MAX_BATCH_TOLERANCE = flags.DEFINE_float(
-    "max_batch_tolerance", 0.125, "Bisection stops when the bracket is this fraction of it."
+_STEPS = flags.DEFINE_integer(
+    "steps", 0, f"Timed calls per unit; 0 = {device_units.STEPS} (--quick: 1)."
+)
+_JOBS = flags.DEFINE_integer(
+    "jobs", 0, "Compile worker processes; 0 = half the host's cores, at most 8."
+)
+_RESULTS = flags.DEFINE_string("results", "", "JSON file of the results ('' = none kept).")
+_RESULTS_COPY = flags.DEFINE_string("results_copy", "", "A second file the results go to.")
+_STORE = flags.DEFINE_string(
+    "store", "runs/device_check/programs", "Folder of the compiled programs."
 )
 _MATMUL_SIZE = flags.DEFINE_integer(
     "matmul_size", 0, "Side of the peak matmul; 0 = 8192 (accelerator), 2048 (CPU), 256 (quick)."
@@ -85,94 +88,133 @@ _MATMUL_SIZE = flags.DEFINE_integer(
 _RECIPE_DEVICES = flags.DEFINE_integer("recipe_devices", 8, "Devices of the recipe estimate.")
 _CACHE = flags.DEFINE_string(
     "compilation_cache_dir",
-    common.base_config().training.compilation_cache_dir,
+    "~/.cache/cm/jax",
     "Persistent compilation cache ('' = off), as training.compilation_cache_dir.",
 )
 _TIME_LIMIT = flags.DEFINE_float(
-    "time_limit",
-    0,
-    "Seconds for this run (0 = none): no unit starts after it, a worker is ended at it.",
+    "time_limit", 0, "Seconds for this phase (0 = none): compile workers are ended at it."
 )
-_REPORT = flags.DEFINE_bool("report", False, "Only print the table of --results; run nothing.")
-_REMAT = flags.DEFINE_bool(
-    "remat", False, "Every network with model.remat=True (units and rows marked +remat)."
-)
-_UNIT = flags.DEFINE_string("unit", "", "Internal: run one unit (JSON) and print its result.")
+_COMPILE_WORKER = flags.DEFINE_bool("compile_worker", False, "Internal: a compile worker.")
 
 
-def _load(path: str) -> dict:
-    return fileio.read_json(path) if path and fileio.exists(path) else {}
-
-
-def _check_flag_values():
+def _check_flags():
+    """One ValueError sentence for a flag value that names nothing."""
     for values, valid, flag in (
-        (_SECTIONS.value, SECTIONS, "sections"),
-        (_NETWORKS.value, NETWORK_NAMES, "networks"),
-        (_PRECISIONS.value, tuple(perf.PRECISION_MODES), "precisions"),
+        (_SECTIONS.value, device_units.SECTIONS, "sections"),
+        (_METHODS.value, device_setup.METHODS, "methods"),
+        (_precisions(), device_setup.MODES, "precisions"),
     ):
         unknown = sorted(set(values) - set(valid))
         if unknown:
-            raise app.UsageError(f"Unknown --{flag} {unknown}; valid: {list(valid)}.")
+            raise ValueError(f"Unknown --{flag} {unknown}; set it to some of {list(valid)}.")
+    for method, mode in _train_units():
+        if method not in device_setup.METHODS or mode not in device_setup.MODES:
+            raise ValueError(
+                f"--train_units has {method}:{mode}; write each as method:mode, a method of "
+                f"{list(device_setup.METHODS)} and a mode of {list(device_setup.MODES)} "
+                "('_' for its space)."
+            )
+    profile = _mode(_PROFILE_PRECISION.value)
+    if profile not in (device_units.CONFIG, *perf.PRECISION_MODES):
+        valid = [device_units.CONFIG, *perf.PRECISION_MODES]
+        raise ValueError(f"Unknown --profile_precision {profile!r}; set it to one of {valid}.")
+    for flag in (_STEPS, _JOBS, _MATMUL_SIZE, _TIME_LIMIT):
+        if flag.value < 0:
+            raise ValueError(f"--{flag.name} is {flag.value}; set it to 0 (default) or more.")
 
 
-def _run_units(units: list, results: dict, quick: bool, isolate: bool):
-    """Runs the units `results` does not hold yet, adding each to it (and to --results) as it
-    finishes, until --time_limit."""
-    deadline = time.monotonic() + _TIME_LIMIT.value if _TIME_LIMIT.value > 0 else None
-    for uid, spec in units:
-        if uid in results and results[uid]["spec"].get("quick") == quick:
-            continue
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left < MIN_UNIT_SECONDS:
-            print(f"time limit: {uid} and later units not run", file=sys.stderr, flush=True)
-            break
-        if spec["kind"] == "max_batch":
-            known = device_max_batch.known_fits(results, spec["network"], quick, spec["remat"])
-            spec["known_fits"] = known
-        print(f"running {uid} ...", file=sys.stderr, flush=True)
-        if isolate:
-            result = device_units.run_unit_in_worker(spec, _CACHE.value, left)
-        else:
-            result = device_units.run_unit(spec)
-        if "timed out" in result.get("error", ""):
-            print(f"time limit: {uid} cut; not recorded", file=sys.stderr, flush=True)
-            break
-        results[uid] = {"spec": spec, "result": result}
-        if _RESULTS.value:
-            fileio.write_json_atomic(_RESULTS.value, results)
-        gc.collect()
+def _mode(name: str) -> str:
+    """A precision mode as a flag may write it: '_' for its space (f32_highest), so that a
+    shell variable of flags needs no quotes."""
+    return name.replace("_", " ")
+
+
+def _train_units() -> list[tuple[str, str]]:
+    """--train_units as (method, mode) pairs."""
+    pairs = [unit.partition(":") for unit in _TRAIN_UNITS.value]
+    return [(method, _mode(mode)) for method, _, mode in pairs]
+
+
+def _precisions() -> list[str]:
+    return [_mode(name) for name in _PRECISIONS.value]
+
+
+def _matmul_size(quick: bool) -> int:
+    if _MATMUL_SIZE.value or _PHASE.value in ("compile", "report"):
+        return _MATMUL_SIZE.value  # the planned specs hold it; only the measure phase uses it
+    return 256 if quick else 2048 if device_setup.device().platform == "cpu" else 8192
+
+
+def _saver(results: dict):
+    def save():
+        for path in (_RESULTS.value, _RESULTS_COPY.value):
+            if path:
+                fileio.write_json_atomic(path, results)
+
+    return save
+
+
+def _compile(units: list, results: dict, save):
+    records = results.setdefault("units", {})
+    tasks = [
+        (uid, spec)
+        for uid, spec in device_compile.program_tasks(units)
+        if not device_units.finished(records.get(uid), spec)
+        and not device_programs.stored(_STORE.value, spec)
+    ]
+
+    def record(uid, result):
+        records.setdefault(uid, {})["compile"] = result
+        records[uid].setdefault("spec", dict(tasks)[uid])
+        save()
+
+    jobs = _JOBS.value or device_compile.auto_jobs(os.cpu_count())
+    seconds = _TIME_LIMIT.value or float("inf")
+    summary = device_compile.run_phase(tasks, jobs, _STORE.value, seconds, record)
+    results.setdefault("compile_phases", []).append(summary)
+    save()
 
 
 def main(argv):
     del argv
-    if not _UNIT.value:  # the orchestrator: no GPU memory held beside the workers'
-        os.environ[device_units.PREALLOCATE] = "false"  # read when the backend starts, below
-    compile_cache.configure(_CACHE.value)
-    if _UNIT.value:  # a worker: one unit, one result line
-        print("RESULT " + json.dumps(device_units.run_unit(json.loads(_UNIT.value))), flush=True)
+    if _COMPILE_WORKER.value:
+        compile_cache.configure(_CACHE.value)
+        device_compile.worker_main(_STORE.value)
         return
-    _check_flag_values()
+    _check_flags()
+    if _PHASE.value != "measure":  # nothing here holds device memory beside the workers'
+        os.environ[device_compile.PREALLOCATE] = "false"  # read when a backend starts
     quick = _QUICK.value
-    platform = device_setup.device().platform
-    steps = _STEPS.value or (2 if quick else 10)
-    matmul_size = _MATMUL_SIZE.value or (256 if quick else 2048 if platform == "cpu" else 8192)
-    isolate = _ISOLATE.value == "true" or (_ISOLATE.value == "auto" and platform != "cpu")
-    results = _load(_RESULTS.value)
+    results = fileio.read_json(_RESULTS.value) if fileio.exists(_RESULTS.value or "") else {}
+    save = _saver(results)
     units = device_units.plan(
         quick,
         _SECTIONS.value,
-        _NETWORKS.value,
-        _PRECISIONS.value,
-        steps,
-        matmul_size,
-        remat=_REMAT.value,
-        max_batch_cap=_MAX_BATCH_CAP.value,
-        max_batch_tolerance=_MAX_BATCH_TOLERANCE.value,
+        _METHODS.value,
+        _precisions(),
+        _STEPS.value,
+        _matmul_size(quick),
+        _mode(_PROFILE_PRECISION.value),
+        _train_units(),
     )
-    if not _REPORT.value:
-        _run_units(units, results, quick, isolate)
-    print(device_table.render(results, quick, _RECIPE_DEVICES.value))
+    if _PHASE.value in ("all", "compile"):
+        _compile(units, results, save)
+    if _PHASE.value in ("all", "measure"):
+        compile_cache.configure(_CACHE.value)
+        seconds = _TIME_LIMIT.value or None
+        device_units.run_units(units, results, _STORE.value, seconds, save)
+    if _PHASE.value != "compile":
+        print(device_table.render(results, quick, _RECIPE_DEVICES.value))
+
+
+def run(argv):
+    """main, with a bad flag value as one line on stderr and exit status 2."""
+    try:
+        main(argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(run)

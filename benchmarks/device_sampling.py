@@ -1,80 +1,74 @@
-"""The device check's evaluation-cost rows: a sampler call of cifar10_ict's 1-step sampler and
-of cifar10_edm's Heun (18 steps, 35 network evaluations; --quick: 2 steps) at the config's
-precision, the FID
-Inception features of 32 px uint8 images (full float32, as evaluation runs), and from the two
-rates the projected wall time of a 50k-sample FID on one device, which is what an evaluation
-of a paper model costs here (the reference statistics are computed once per dataset)."""
+"""The device check's evaluation-cost rows: cifar10_ict's 1-step and 2-step samplers at the
+config's sampling batch and precision, the FID Inception features of 32 px uint8 images at the
+config's evaluation batch (full float32, as evaluation runs), and from the rates the projected
+wall time of a 50k-sample FID on one device, which is what evaluating a paper model costs here
+(the reference statistics are computed once per dataset)."""
 
 import jax
 
-from benchmarks import device_rows, device_setup, inception_throughput, measure
-from cm import experiment
+from benchmarks import device_programs, device_rows, device_setup, perf
 
-SAMPLERS = (("cifar10_ict", "1step"), ("cifar10_edm", "heun"))  # 1 and 2 N - 1 evaluations
 FID_SAMPLES = 50_000  # the published protocol (docs/methods.md section 7)
-INCEPTION_IMAGE_SIZE = 32  # CIFAR-10 samples; resized to 299 inside the feature path
+INCEPTION_MODE = "f32 highest"  # the Inception sets HIGHEST itself (cm/precision.py)
 
 
-def unit_sample(spec: dict) -> dict:
-    config = device_setup.network_config(
-        spec["network"], spec["batch"], spec["quick"], remat=spec["remat"]
-    )
-    exp = device_setup.one_device_experiment(config)
-    params = jax.jit(lambda: experiment.init_params(exp, config))()
-    result = measure.sampler(config, exp, params, spec["sampler"], spec["batch"], spec["steps"])
-    return {**result, **device_setup.context(spec, device_setup.config_mode(config))}
+def _time_calls(spec: dict, store: str) -> tuple[float, dict]:
+    """(median seconds per call of the measured part over spec["steps"] calls after one
+    warm-up call, how it was loaded)."""
+    program = device_programs.build(spec)
+    loaded, how = device_programs.load(program, store)
+    args = program.inputs(loaded)
+    run = loaded[program.measured]
+    jax.block_until_ready(run(*args))
+    return perf.median_seconds(lambda: run(*args), spec["steps"]), how
 
 
-def unit_inception(spec: dict) -> dict:
-    mesh = experiment.make_mesh([device_setup.device()])
-    result = inception_throughput.measure(spec["batch"], spec["steps"], spec["image_size"], mesh)
-    return {**result, **device_setup.context(spec, "f32 highest")}  # the Inception: HIGHEST
+def unit_sample(spec: dict, store: str) -> dict:
+    seconds, how = _time_calls(spec, store)
+    mode = device_setup.config_mode(device_setup.method_config(spec["method"], spec["quick"]))
+    return {"seconds": seconds, **how, **device_setup.context(mode, spec["matmul_size"])}
 
 
-def sampler_name(network: str, kind: str, quick: bool) -> str:
-    """The name of a SAMPLERS kind among the network config's samplers: 1step, or heunN with
-    the config's N (18; --quick: tiny.TINY_PAPER_NETWORK's)."""
-    if kind != "heun":
-        return kind
-    return f"heun{device_setup.network_config(network, 1, quick).sampling.heun_steps}"
+def unit_inception(spec: dict, store: str) -> dict:
+    seconds, how = _time_calls(spec, store)
+    return {"seconds": seconds, **how, **device_setup.context(INCEPTION_MODE, spec["matmul_size"])}
 
 
 def sample_item(spec: dict) -> str:
-    if spec["sampler"] == "1step":
-        return "sample 1-step"
-    return f"sample Heun ({2 * int(spec['sampler'].removeprefix('heun')) - 1} evals)"
+    return f"sample {spec['sampler'].removesuffix('step')}-step"
 
 
-def sample_row(spec: dict, r: dict, tag: str) -> dict:
-    network = device_rows.network_label(spec, tag)
-    return device_rows.rate_row(sample_item(spec), network, r.get("mode", ""), spec["batch"], r)
+def sample_row(record: dict, quick: bool) -> dict:
+    config = device_rows.config_label(device_setup.config_name(record["spec"]["method"]), quick)
+    return device_rows.rate_row(sample_item(record["spec"]), config, record)
 
 
-def inception_row(spec: dict, r: dict, tag: str) -> dict:
-    note = f"{spec['image_size']} px uint8 -> 299"
-    return device_rows.rate_row("inception", "FID Inception", "f32 highest", spec["batch"], r, note)
+def inception_row(record: dict, quick: bool) -> dict:
+    note = f"{device_programs.INCEPTION_IMAGE_SIZE} px uint8 -> 299"
+    return device_rows.rate_row("inception", "FID Inception", record, note)
 
 
-def fid_rows(records: list[dict], tag: str) -> list[dict]:
+def fid_rows(records: list[dict], quick: bool) -> list[dict]:
     """For each finished sampler unit of `records` (in their order), the projected wall time of
     a 50k-sample FID on one device: 50k / sampler images/s + 50k / Inception images/s; none
     without a finished Inception unit."""
-    finished = [record for record in records if "error" not in record["result"]]
-    features = [record for record in finished if record["spec"]["kind"] == "inception"]
+    finished = [r for r in records if "seconds" in r.get("result", {})]
+    features = [r for r in finished if r["spec"]["kind"] == "inception"]
     if not features:
         return []
     features_s = FID_SAMPLES / _rate(features[-1])
     rows = []
     for record in finished:
-        spec, r = record["spec"], record["result"]
+        spec = record["spec"]
         if spec["kind"] != "sample":
             continue
         sampling_s = FID_SAMPLES / _rate(record)
         total = sampling_s + features_s
         rows.append({
             "item": f"fid 50k, {sample_item(spec).removeprefix('sample ')}",
-            "network": device_rows.network_label(spec, tag), "precision": r.get("mode", ""),
-            "batch": FID_SAMPLES, "seconds": device_rows.num(total, 4),
+            "config": device_rows.config_label(device_setup.config_name(spec["method"]), quick),
+            "precision": record["result"]["mode"], "batch": FID_SAMPLES,
+            "seconds": device_rows.num(total, 4),
             "images/s": device_rows.num(FID_SAMPLES / total, 4),
             "note": f"projected: sampling {device_rows.duration(sampling_s)} + features "
             f"{device_rows.duration(features_s)} on 1 device",

@@ -1,99 +1,122 @@
-"""The device check's units, one measurement each: which units a run plans and in what order,
-and how one runs, in this process or in a fresh worker process (its peak memory its own, an
-out-of-memory kill the end of one unit, not of the check). A failed unit is a result too."""
+"""The device check's units, one measurement each: which units a run plans and in what order
+(issue 22's: training steps, profiles, samplers and the FID Inception; within the training
+steps the rows the published references compare with first, then every method at TF32, in
+bfloat16, at full float32), and the measure phase that runs them in one process, recording
+each in the results as it finishes."""
 
-import json
-import os
-import subprocess
+import gc
 import sys
+import time
 
-from benchmarks import device_max_batch, device_sampling, device_setup, device_train
+from benchmarks import (
+    device_profile,
+    device_programs,
+    device_reference,
+    device_sampling,
+    device_setup,
+    device_train,
+    perf,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# JAX on GPUs takes 75 % of the memory when the backend starts unless this is "false": the
-# orchestrator turns it off for itself, workers get the user's own setting.
-PREALLOCATE = "XLA_PYTHON_CLIENT_PREALLOCATE"
-_USER_PREALLOCATE = os.environ.get(PREALLOCATE)
-
+SECTIONS = ("train", "profile", "sample", "inception")  # the measurements, in run order
 UNITS = {
     "train": device_train.unit_train,
+    "profile": device_profile.unit_profile,
     "sample": device_sampling.unit_sample,
     "inception": device_sampling.unit_inception,
-    "max_batch": device_max_batch.unit_max_batch,
 }
+STEPS = {"train": 5, "profile": 3, "sample": 3, "inception": 3}  # timed calls per unit
+QUICK_STEPS = 1
+MAX_ATTEMPTS = 2  # a unit whose measuring process ended this often is recorded as failed
+MIN_UNIT_SECONDS = 20  # under a deadline, no unit starts with less time left
+CONFIG = "config"  # --profile_precision: the precision each config trains in
 
 
-def plan(
-    quick: bool,
-    sections,
-    networks,
-    precisions,
-    steps: int,
-    matmul_size: int,
-    *,
-    remat: bool,
-    max_batch_cap: int,
-    max_batch_tolerance: float,
-) -> list:
-    """[(unit id, spec)] in run order; with remat the network units' ids end in +remat. A
-    max_batch unit searches up to max_batch_cap (--quick: twice the batch), to within
-    max_batch_tolerance."""
+def plan(quick, sections, methods, modes, steps, matmul_size, profile_precision=CONFIG, only=()):
+    """[(unit id, spec)] in run order. steps: timed calls per unit (0: STEPS, or QUICK_STEPS
+    with quick); profile_precision: a mode of benchmarks/perf.py, or CONFIG; only: (method,
+    mode) pairs, the train units kept (empty: every method in every mode)."""
+    base = {"quick": quick, "matmul_size": matmul_size}
+    count = lambda kind: steps or (QUICK_STEPS if quick else STEPS[kind])  # noqa: E731
     units = []
-    base = {"quick": quick, "steps": steps, "matmul_size": matmul_size, "remat": remat}
-    mark = "+remat" if remat else ""
-    batch_for = device_setup.batch_for
     if "train" in sections:
-        for name in networks:
-            for mode in precisions:
-                spec = {**base, "kind": "train", "network": name, "mode": mode}
-                units.append(
-                    (f"train/{name}{mark}/{mode}", {**spec, "batch": batch_for(name, quick)})
-                )
+        pairs = [(m, mode) for m, mode in device_reference.comparable() if m in methods]
+        pairs = [(m, mode) for m, mode in pairs if mode in modes]
+        pairs += [(m, mode) for mode in modes for m in methods if (m, mode) not in pairs]
+        pairs = [pair for pair in pairs if not only or pair in only]
+        for method, mode in pairs:
+            spec = {**base, "kind": "train", "method": method, "mode": mode}
+            spec |= {"batch": device_setup.train_batch(quick), "steps": count("train")}
+            units.append((f"train/{method}/{mode}", spec))
+    if "profile" in sections:
+        for method in device_profile.PROFILED:
+            mode = profile_precision
+            if mode == CONFIG:
+                mode = device_setup.config_mode(device_setup.method_config(method, quick))
+            spec = {**base, "kind": "profile", "method": method, "mode": mode}
+            spec |= {"batch": device_setup.train_batch(quick), "steps": count("profile")}
+            spec["program"] = f"train/{method}/{mode}"
+            units.append((f"profile/{method}/{mode}", spec))
+    paper = device_setup.method_config(device_setup.SAMPLER_METHOD, quick)
     if "sample" in sections:
-        for name, kind in device_sampling.SAMPLERS:
-            if name in networks:
-                sampler = device_sampling.sampler_name(name, kind, quick)
-                spec = {**base, "kind": "sample", "network": name, "sampler": sampler}
-                spec["batch"] = batch_for(name, quick)
-                units.append((f"sample/{name}{mark}/{sampler}", spec))
+        batch = device_setup.QUICK_BATCH if quick else paper.sampling.batch_size
+        for sampler in device_setup.SAMPLERS:
+            spec = {**base, "kind": "sample", "method": device_setup.SAMPLER_METHOD}
+            spec |= {"sampler": sampler, "batch": batch, "steps": count("sample")}
+            units.append((f"sample/{device_setup.SAMPLER_METHOD}/{sampler}", spec))
     if "inception" in sections:
-        spec = {**base, "kind": "inception", "image_size": device_sampling.INCEPTION_IMAGE_SIZE}
-        units.append(("inception", {**spec, "batch": batch_for("cifar10_ict", quick)}))
-    if "max_batch" in sections:
-        for name in networks:
-            start = batch_for(name, quick)
-            cap = 2 * start if quick else max(start, max_batch_cap)
-            spec = {**base, "kind": "max_batch", "network": name, "start": start, "cap": cap}
-            spec |= {"multiple": 1 if quick else 8, "tolerance": max_batch_tolerance}
-            units.append((f"max_batch/{name}{mark}", spec))
+        batch = device_setup.QUICK_INCEPTION_BATCH if quick else paper.eval.batch_size
+        spec = {**base, "kind": "inception", "batch": batch, "steps": count("inception")}
+        units.append(("inception", spec))
     return units
 
 
-def run_unit(spec: dict) -> dict:
+def finished(record: dict | None, spec: dict) -> bool:
+    return bool(record) and "result" in record and record["spec"]["quick"] == spec["quick"]
+
+
+def run_unit(spec: dict, store: str) -> dict:
     try:
-        return UNITS[spec["kind"]](spec)
+        return UNITS[spec["kind"]](spec, store)
     except Exception as e:  # noqa: BLE001 (a failed unit is a row, not the end of the check)
-        text = " ".join(str(e).split())
-        return {"error": f"{type(e).__name__}: {text[:300]}", **device_setup.context(spec, "")}
+        return {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"}
 
 
-def run_unit_in_worker(spec: dict, cache_dir: str, timeout: float | None = None) -> dict:
-    """run_unit in a fresh process of benchmarks/device_check.py --unit (own peak memory; an OOM
-    kill ends only this unit), with the persistent compilation cache at cache_dir."""
-    argv = [sys.executable, "-m", "benchmarks.device_check", f"--unit={json.dumps(spec)}"]
-    argv.append(f"--compilation_cache_dir={cache_dir}")
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop(PREALLOCATE, None)  # the worker allocates as training does (the user's setting)
-    if _USER_PREALLOCATE is not None:
-        env[PREALLOCATE] = _USER_PREALLOCATE
-    try:
-        proc = subprocess.run(
-            argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+def _refusal(record: dict, spec: dict, attempts: int) -> str | None:
+    """Why a unit is not run: it ended its measuring process MAX_ATTEMPTS times, or its XLA
+    peak memory exceeds the device's."""
+    if attempts >= MAX_ATTEMPTS:
+        return (
+            f"the measuring process ended during this unit {attempts} times (out of memory, or "
+            "cut by a time limit)"
         )
-    except subprocess.TimeoutExpired:
-        return {"error": f"worker timed out after {timeout} s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    tail = [line for line in proc.stderr.splitlines() if line.strip()][-1:] or ["no output"]
-    return {"error": f"worker exit {proc.returncode}: {tail[0][:300]}"}
+    peak = record.get("compile", {}).get("xla_peak_bytes")
+    limit = perf.memory_limit(device_setup.device())
+    if peak and limit and peak > limit:
+        return f"XLA's peak memory {perf.gib(peak)} exceeds the device's {perf.gib(limit)}"
+    return None
+
+
+def run_units(units: list, results: dict, store: str, seconds: float | None, save) -> list:
+    """Runs the units the results do not hold (those whose programs the store holds first),
+    adding each to results["units"] and calling save() before (an attempt) and after it, until
+    `seconds` (None: no limit); returns the ids not run."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    records = results.setdefault("units", {})
+    todo = [(uid, s) for uid, s in units if not finished(records.get(uid), s)]
+    ready = [(u, s) for u, s in todo if device_programs.stored(store, s)]
+    todo = ready + [(u, s) for u, s in todo if (u, s) not in ready]
+    for k, (uid, spec) in enumerate(todo):
+        if deadline is not None and deadline - time.monotonic() < MIN_UNIT_SECONDS:
+            print(f"time limit: {uid} and later units not run", file=sys.stderr, flush=True)
+            return [u for u, _ in todo[k:]]
+        record = records.setdefault(uid, {})
+        attempts = record.get("attempts", 0)
+        record |= {"spec": spec, "attempts": attempts + 1}
+        save()
+        refusal = _refusal(record, spec, attempts)
+        print(f"running {uid} ...", file=sys.stderr, flush=True)
+        record["result"] = {"error": refusal} if refusal else run_unit(spec, store)
+        save()
+        gc.collect()
+    return []

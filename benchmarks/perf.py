@@ -40,9 +40,11 @@ PRECISION_MODES = {
 
 # Published dense peaks in TFLOP/s (no structured sparsity) per chip, from the vendors' data
 # sheets: NVIDIA A100 (SXM / PCIe, same), H100 SXM and H200 (same compute), H100 PCIe, H100
-# NVL; Google Cloud TPU system architecture pages (v4, v5e, v5p, v6e; bfloat16 only: TPUs
-# have no float32 matmul unit, XLA emulates it with bfloat16 passes). "default" is what a
-# float32 matmul at default precision runs on: TF32 on NVIDIA GPUs, one bfloat16 pass on TPUs.
+# NVL, V100 (SXM2, PCIe: the devices of benchmarks/device_reference.py's published rows);
+# Google Cloud TPU system architecture pages (v4, v5e, v5p, v6e; bfloat16 only: TPUs have no
+# float32 matmul unit, XLA emulates it with bfloat16 passes). "default" is what a float32
+# matmul at default precision runs on: TF32 on NVIDIA GPUs from Ampere on (a V100 has none:
+# its float32 cores), one bfloat16 pass on TPUs.
 # Matched in order against the lower-cased device_kind; first match wins.
 PUBLISHED_PEAK_TFLOPS = (
     ("h100 pcie", {"bf16": 756.0, "default": 378.0, "f32": 51.0}),
@@ -50,6 +52,8 @@ PUBLISHED_PEAK_TFLOPS = (
     ("h100", {"bf16": 989.0, "default": 495.0, "f32": 67.0}),
     ("h200", {"bf16": 989.0, "default": 495.0, "f32": 67.0}),
     ("a100", {"bf16": 312.0, "default": 156.0, "f32": 19.5}),
+    ("v100-pcie", {"default": 14.0, "f32": 14.0}),  # no TF32 or bfloat16: float32 cores
+    ("v100", {"default": 15.7, "f32": 15.7}),  # SXM2
     ("tpu v4", {"bf16": 275.0, "default": 275.0}),
     ("tpu v5 lite", {"bf16": 197.0, "default": 197.0}),  # v5e
     ("tpu v5e", {"bf16": 197.0, "default": 197.0}),
@@ -176,6 +180,28 @@ def temp_bytes(compiled) -> int | None:
     except (NotImplementedError, jax.errors.JaxRuntimeError):
         return None
     return None if analysis is None else int(analysis.temp_size_in_bytes)
+
+
+def xla_peak_bytes(compiled) -> int | None:
+    """XLA's peak device memory of a compiled program (from its buffer assignment: the most
+    bytes of arguments, outputs and temporaries live at once), or None where the backend gives
+    no analysis. Where the analysis has no peak (a JAX without the field, or 0), the sum of its
+    argument, output and temporary bytes less the donated (aliased) ones, an upper bound."""
+    try:
+        analysis = compiled.memory_analysis()
+    except (NotImplementedError, jax.errors.JaxRuntimeError):
+        return None
+    if analysis is None:
+        return None
+    peak = getattr(analysis, "peak_memory_in_bytes", 0)
+    if peak:
+        return int(peak)
+    return int(
+        analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        + analysis.temp_size_in_bytes
+        - analysis.alias_size_in_bytes
+    )
 
 
 def memory_limit(device=None) -> int | None:
