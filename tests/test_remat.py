@@ -4,7 +4,7 @@ program and the FLOPs of one more forward pass).
 
 Temporary memory is not asserted: XLA:CPU's scheduler places the recomputation early, so on
 the CPU the compiled program is not smaller (BENCHMARKS.md, "Rematerialization"); the saving
-is an accelerator's, measured by benchmarks/device_check.py there."""
+is an accelerator's, to measure there with benchmarks/train_throughput.py."""
 
 import jax
 import jax.numpy as jnp
