@@ -25,11 +25,11 @@ The steps, per network of NETWORKS (the same NCSN++ sizes on both sides, dropout
   get_loss_fn would also restore an EDM "reference model" from training.ref_model_path, used
   only for Heun/Euler targets: CT's dsm_target=True uses the data and never evaluates it, so
   it is passed as None.
-- "jcm, no scan" (--jcm_no_scan): jcm's same step function pmapped without the lax.scan. On
-  XLA:CPU (JAX 0.10) the gradient convolutions inside a scan's while loop keep layouts that
-  XLA's convolution canonicalization would otherwise rewrite (e.g. weight gradients as
-  f01b_i01o->01bf convolutions with a 32 x 32 window), and run several times slower; this
-  side separates that from the work of the step.
+- "jcm, no scan" (--jcm_driver=no_scan or both): jcm's same step function pmapped without
+  the lax.scan. On XLA:CPU (JAX 0.10) the gradient convolutions inside a scan's while loop
+  keep layouts that XLA's convolution canonicalization would otherwise rewrite (e.g. weight
+  gradients as f01b_i01o->01bf convolutions with a 32 x 32 window), and run several times
+  slower; this side separates that from the work of the step.
 
 Columns: compile + first (wall seconds of each side's first call: tracing, compiling,
 running), the XLA compilations of all its calls and their XLA seconds, the median wall and CPU
@@ -264,7 +264,7 @@ def jcm_run(jcm_dir: str, net: Network, loss: str) -> JcmRun:
     return JcmRun(config, model, sde, state, step_fn, sampling.get_onestep_sampler)
 
 
-def jcm_side(run: JcmRun, scan: bool, sample_batch: int) -> Side:
+def jcm_side(run: JcmRun, scan: bool, sample_batch: int, sampler: bool = True) -> Side:
     """jcm's training step and one-step sampler. scan=True: pmap over lax.scan of the step, as
     jcm/train.py runs it; False: pmap of the step function alone (XLA:CPU leaves the gradient
     convolutions inside a while loop in slow layouts; the module docstring)."""
@@ -300,7 +300,7 @@ def jcm_side(run: JcmRun, scan: bool, sample_batch: int) -> Side:
         code="jcm" if scan else "jcm, no scan",
         params=count_params(run.state.params),
         step=step,
-        sampler=JCM_SAMPLER if scan else "",
+        sampler=JCM_SAMPLER if sampler else "",
         sample=sample,
         # perf.flops counts a lax.scan's body once per step; jcm's scan runs n_jitted_steps =
         # 1 times, so XLA's count of the lowered module is complete. A pmap body is one
@@ -408,9 +408,10 @@ def compare(name: str, net: Network, args) -> list[dict]:
     """Rows of the table for one network: the training steps, then the samplers."""
     sample_batch = args.sample_batch or net.batch
     run = jcm_run(args.jcm_dir, net, args.jcm_loss)
-    sides = [cm_side(net, sample_batch), jcm_side(run, True, sample_batch)]
-    if args.jcm_no_scan:
-        sides.append(jcm_side(run, False, sample_batch))
+    scans = {"scan": [True], "no_scan": [False], "both": [True, False]}[args.jcm_driver]
+    sides = [cm_side(net, sample_batch)] + [
+        jcm_side(run, scan, sample_batch, sampler=i == 0) for i, scan in enumerate(scans)
+    ]  # jcm's sampler is the same program for both drivers: timed once
     steps = interleaved(sides, "step", args.steps, name)
     samplers = [s for s in sides if s.sampler]  # the no-scan side has jcm's sampler
     samples = interleaved(samplers, "sample", args.sample_repeats, name)
@@ -477,9 +478,10 @@ def parse_args(argv):
     p.add_argument("--sample_batch", type=int, default=0, help="0 = the training batch.")
     p.add_argument("--jcm_loss", choices=JCM_LOSSES, default=JCM_LOSSES[0], help="jcm's loss.")
     p.add_argument(
-        "--jcm_no_scan",
-        action="store_true",
-        help="Also time jcm's step function pmapped without jcm/train.py's lax.scan.",
+        "--jcm_driver",
+        choices=("scan", "no_scan", "both"),
+        default="scan",
+        help="jcm's step as jcm/train.py runs it (pmap over lax.scan), pmapped alone, or both.",
     )
     args = p.parse_args(argv)
     for name in ("steps", "sample_repeats"):
